@@ -1,0 +1,43 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "QLoRAKit",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "QLoRAKit", targets: ["QLoRAKit"]),
+        .executable(name: "qlora", targets: ["qlora"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // Block codec and dequantize-on-the-fly kernels. No -mavx2 here: SIMD paths
+        // carry per-function target attributes and are chosen at run time.
+        .target(name: "CQLoRAKernels"),
+        // Debian: libopenblas-dev (the reference fp32 GEMM we compare against and use).
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        // Debian: libzstd-dev (optional compression of packed checkpoints).
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+
+        // Checkpoints on disk: safetensors, config.json, the packed format, quantization.
+        .target(name: "QLoRAStorage", dependencies: ["CQLoRAKernels", "CZstd"]),
+        // Products with the frozen packed base on all cores.
+        .target(name: "QLoRACompute", dependencies: ["QLoRAStorage", "CQLoRAKernels", "COpenBLAS"]),
+        // The public face: re-exports the modules above and carries the embedded default model.
+        .target(
+            name: "QLoRAKit",
+            dependencies: ["QLoRAStorage", "QLoRACompute"],
+            resources: [.copy("Resources/stories260K")]
+        ),
+        .executableTarget(
+            name: "qlora",
+            dependencies: ["QLoRAKit", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+
+        // Helpers shared by the test targets (fixture paths, comparisons, random data).
+        .target(name: "_TestSupport", dependencies: ["QLoRAStorage"], path: "Tests/_TestSupport"),
+        .testTarget(name: "CQLoRAKernelsTests", dependencies: ["CQLoRAKernels", "_TestSupport"]),
+        .testTarget(name: "QLoRAStorageTests", dependencies: ["QLoRAStorage", "_TestSupport"]),
+    ]
+)

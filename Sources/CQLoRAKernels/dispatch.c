@@ -1,0 +1,56 @@
+// Run-time choice between the scalar reference and the SIMD paths. The SIMD
+// code is compiled with per-function target attributes, never with global
+// -mavx2, so one binary runs everywhere and the reference is always there.
+#include "CQLoRAKernels.h"
+#include "internal.h"
+
+#include <stdatomic.h>
+
+static _Atomic int active_isa = -1;
+
+qk_isa qk_isa_detect(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return QK_ISA_AVX2;
+    return QK_ISA_SCALAR;
+#elif defined(__aarch64__)
+    return QK_ISA_NEON;
+#else
+    return QK_ISA_SCALAR;
+#endif
+}
+
+qk_isa qk_isa_active(void) {
+    int isa = atomic_load_explicit(&active_isa, memory_order_relaxed);
+    if (isa < 0) {
+        isa = (int)qk_isa_detect();
+        atomic_store_explicit(&active_isa, isa, memory_order_relaxed);
+    }
+    return (qk_isa)isa;
+}
+
+qk_isa qk_isa_set(qk_isa isa) {
+    const qk_isa best = qk_isa_detect();
+    if (isa != QK_ISA_SCALAR && isa != best) isa = QK_ISA_SCALAR;
+    atomic_store_explicit(&active_isa, (int)isa, memory_order_relaxed);
+    return isa;
+}
+
+void qk_quantize(uint8_t *restrict codes, float *restrict absmax,
+                 const float *restrict x, int64_t n, int32_t type, int32_t block_size) {
+    qk_quantize_ref(codes, absmax, x, n, type, block_size);
+}
+
+void qk_dequantize(float *restrict y, const uint8_t *restrict codes, const float *restrict absmax,
+                   int64_t n_blocks, int32_t type, int32_t block_size) {
+    qk_dequantize_ref(y, codes, absmax, n_blocks, type, block_size);
+}
+
+void qk_f16_to_f32(float *restrict y, const uint16_t *restrict x, int64_t n) {
+    qk_f16_to_f32_ref(y, x, n);
+}
+
+void qk_f32_to_f16(uint16_t *restrict y, const float *restrict x, int64_t n) {
+    qk_f32_to_f16_ref(y, x, n);
+}

@@ -1,0 +1,137 @@
+// CQLoRAKernels: block quantization and dequantize-on-the-fly matrix products
+// for QLoRAKit. Plain C11, no allocation, no global state except the ISA choice.
+//
+// Conventions (the same as formats/packed-checkpoint.md):
+// - A weight W is [rows = out, cols = in], row-major (nn.Linear layout).
+//   Forward:  Y[n, out] = X[n, in] · Wᵀ.   Backward: dX[n, in] = dY[n, out] · W.
+// - Blocks run over W flattened row-major, as in bitsandbytes: block b holds
+//   flat elements [b·B, (b+1)·B). When `in` is a multiple of B (every real Llama
+//   projection) each row is a whole number of blocks; otherwise blocks straddle
+//   rows. The last block of a tensor is zero-padded to B elements.
+// - Each block has one scale, its absmax (max |x| in fp32). Element value is
+//   x̂ = value(code) · absmax, with value() per type:
+//     INT8: code / 127      (int8_t code = round_half_even(x · (127 / absmax)))
+//     INT4: code / 7        (code = round_half_even(x · (7 / absmax)) in [-7, 7], nibble = code + 8)
+//     NF4, FP4: the bitsandbytes code tables below (nearest code, ties to the lower code).
+//   Dequantization computes exactly `(float)code * (absmax / 127.0f)` (INT8),
+//   `(float)code * (absmax / 7.0f)` (INT4) and `table[nibble] * absmax` (NF4/FP4);
+//   every path (scalar, AVX2, NEON) reproduces these bit for bit.
+// - 4-bit codes within a block: byte j (0 <= j < B/2) holds element j in its
+//   low nibble and element j + B/2 in its high nibble (ggml's split halves:
+//   SIMD unpacks a block with one mask and one shift).
+// - Scales are stored one of three ways (qk_scale_kind):
+//     F32: float absmax[n_blocks];  F16: IEEE half absmax[n_blocks];
+//     DQ8: QLoRA double quantization as bitsandbytes does it: offset = mean(absmax),
+//          then (absmax - offset) in groups of 256 blocks, each group scaled by its
+//          own absmax (float group_scale[ceil(n_blocks / 256)]) and coded with the
+//          signed dynamic 8-bit map: absmax' = dynamic8[q[b]] · group_scale[b / 256] + offset.
+//   Codes are always computed against the exact fp32 absmax; F16 and DQ8 only
+//   change how the scale is stored (bitsandbytes does the same for DQ8).
+
+#ifndef CQLORAKERNELS_H
+#define CQLORAKERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Data types of packed blocks. The numbers are stored in files: never reuse one.
+typedef enum {
+    QK_TYPE_INT8 = 1,
+    QK_TYPE_INT4 = 2,
+    QK_TYPE_NF4 = 3,
+    QK_TYPE_FP4 = 4,
+} qk_type;
+
+/// How the per-block absmax is stored. Stored in files: never reuse a number.
+typedef enum {
+    QK_SCALE_F32 = 0,
+    QK_SCALE_F16 = 1,
+    QK_SCALE_DQ8 = 2,
+} qk_scale_kind;
+
+/// Blocks of scales that share one fp32 group scale under double quantization.
+#define QK_DQ_GROUP 256
+
+/// Instruction sets a kernel can run on.
+typedef enum {
+    QK_ISA_SCALAR = 0,
+    QK_ISA_AVX2 = 1,   // AVX2 + FMA + F16C
+    QK_ISA_NEON = 2,
+} qk_isa;
+
+extern const float qk_nf4_table[16];
+extern const float qk_fp4_table[16];
+extern const float qk_dynamic8_table[256];
+
+/// A packed matrix in memory (typically views into a memory-mapped file).
+typedef struct {
+    int32_t type;                  // qk_type
+    int32_t block_size;            // 32, 64, 128 or 256
+    int32_t scale_kind;            // qk_scale_kind
+    int32_t reserved;              // zero
+    int64_t rows;                  // out
+    int64_t cols;                  // in
+    const uint8_t *codes;          // n_blocks · qk_block_bytes(type, block_size) bytes
+    const void *scales;            // F32: float[n_blocks]; F16: uint16_t[n_blocks]; DQ8: uint8_t[n_blocks]
+    const float *group_scales;     // DQ8 only: float[ceil(n_blocks / QK_DQ_GROUP)]
+    float offset;                  // DQ8 only: mean of the fp32 absmax values
+} qk_packed;
+
+// ---------------------------------------------------------------------------
+// Sizes and run-time dispatch
+// ---------------------------------------------------------------------------
+
+/// Bytes of codes in one block: B for INT8, B/2 for the 4-bit types. 0 if invalid.
+size_t qk_block_bytes(int32_t type, int32_t block_size);
+
+/// The best ISA this CPU supports (cpuid via __builtin_cpu_supports).
+qk_isa qk_isa_detect(void);
+/// The ISA the dispatching entry points use; starts as qk_isa_detect().
+qk_isa qk_isa_active(void);
+/// Force an ISA (tests, benchmarks). A request the CPU cannot run falls back to
+/// scalar. Returns the ISA now active. Not thread-safe against running kernels.
+qk_isa qk_isa_set(qk_isa isa);
+
+// ---------------------------------------------------------------------------
+// Block codec
+// ---------------------------------------------------------------------------
+
+/// Quantize n floats (n need not be a multiple of B; the tail block is padded
+/// with zeros) into ceil(n/B) blocks: codes, and each block's exact absmax.
+/// Bit-exact with bitsandbytes quantize_4bit for NF4/FP4.
+void qk_quantize(uint8_t *restrict codes, float *restrict absmax,
+                 const float *restrict x, int64_t n, int32_t type, int32_t block_size);
+void qk_quantize_ref(uint8_t *restrict codes, float *restrict absmax,
+                     const float *restrict x, int64_t n, int32_t type, int32_t block_size);
+
+/// Dequantize n_blocks whole blocks given fp32 scales: y[n_blocks · B].
+void qk_dequantize(float *restrict y, const uint8_t *restrict codes, const float *restrict absmax,
+                   int64_t n_blocks, int32_t type, int32_t block_size);
+void qk_dequantize_ref(float *restrict y, const uint8_t *restrict codes, const float *restrict absmax,
+                       int64_t n_blocks, int32_t type, int32_t block_size);
+
+/// Double quantization of n_blocks fp32 scales (bitsandbytes compress_statistics):
+/// q[n_blocks], group_scales[ceil(n_blocks/256)], *offset.
+void qk_double_quantize(uint8_t *restrict q, float *restrict group_scales, float *restrict offset,
+                        const float *restrict absmax, int64_t n_blocks);
+
+/// Decode the stored scales of blocks [first, first + count) of `w` to fp32.
+void qk_scales_decode(float *restrict absmax, const qk_packed *w, int64_t first, int64_t count);
+
+/// fp16 <-> fp32 (round to nearest even) and bf16 -> fp32, for checkpoints and F16 scales.
+void qk_f16_to_f32(float *restrict y, const uint16_t *restrict x, int64_t n);
+void qk_f32_to_f16(uint16_t *restrict y, const float *restrict x, int64_t n);
+void qk_bf16_to_f32(float *restrict y, const uint16_t *restrict x, int64_t n);
+
+/// Index of the first NaN or ±Inf in x[0..n), or -1 if all are finite.
+int64_t qk_find_nonfinite(const float *x, int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,2 @@
+// zstd (Debian: libzstd-dev), for the optional compressed packed checkpoints.
+#include <zstd.h>

@@ -1,0 +1,1 @@
+// Products with the frozen packed base (issue 3 fills this module).

@@ -1,0 +1,11 @@
+import ArgumentParser
+import QLoRAKit
+
+@main
+struct QLoRACommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "qlora",
+        abstract: "Quantize Hugging Face checkpoints and fine-tune them with QLoRA on a CPU.",
+        subcommands: []
+    )
+}
