@@ -37,7 +37,7 @@ let package = Package(
 
         // Helpers shared by the test targets (fixture paths, comparisons, random data).
         .target(name: "_TestSupport", dependencies: ["QLoRAStorage"], path: "Tests/_TestSupport"),
-        .testTarget(name: "CQLoRAKernelsTests", dependencies: ["CQLoRAKernels", "_TestSupport"]),
+        .testTarget(name: "CQLoRAKernelsTests", dependencies: ["CQLoRAKernels", "QLoRAStorage", "_TestSupport"]),
         .testTarget(name: "QLoRAStorageTests", dependencies: ["QLoRAStorage", "_TestSupport"]),
     ]
 )

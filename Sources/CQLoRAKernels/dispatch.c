@@ -37,20 +37,48 @@ qk_isa qk_isa_set(qk_isa isa) {
     return isa;
 }
 
+// The AVX2 paths exist only in x86-64 builds; elsewhere every call is the reference.
+
 void qk_quantize(uint8_t *restrict codes, float *restrict absmax,
                  const float *restrict x, int64_t n, int32_t type, int32_t block_size) {
+#if defined(__x86_64__)
+    if (qk_isa_active() == QK_ISA_AVX2) { qk_quantize_avx2(codes, absmax, x, n, type, block_size); return; }
+#endif
     qk_quantize_ref(codes, absmax, x, n, type, block_size);
 }
 
 void qk_dequantize(float *restrict y, const uint8_t *restrict codes, const float *restrict absmax,
                    int64_t n_blocks, int32_t type, int32_t block_size) {
+#if defined(__x86_64__)
+    if (qk_isa_active() == QK_ISA_AVX2) { qk_dequantize_avx2(y, codes, absmax, n_blocks, type, block_size); return; }
+#endif
     qk_dequantize_ref(y, codes, absmax, n_blocks, type, block_size);
 }
 
 void qk_f16_to_f32(float *restrict y, const uint16_t *restrict x, int64_t n) {
+#if defined(__x86_64__)
+    if (qk_isa_active() == QK_ISA_AVX2) { qk_f16_to_f32_avx2(y, x, n); return; }
+#endif
     qk_f16_to_f32_ref(y, x, n);
 }
 
 void qk_f32_to_f16(uint16_t *restrict y, const float *restrict x, int64_t n) {
+#if defined(__x86_64__)
+    if (qk_isa_active() == QK_ISA_AVX2) { qk_f32_to_f16_avx2(y, x, n); return; }
+#endif
     qk_f32_to_f16_ref(y, x, n);
+}
+
+void qk_bf16_to_f32(float *restrict y, const uint16_t *restrict x, int64_t n) {
+#if defined(__x86_64__)
+    if (qk_isa_active() == QK_ISA_AVX2) { qk_bf16_to_f32_avx2(y, x, n); return; }
+#endif
+    qk_bf16_to_f32_ref(y, x, n);
+}
+
+int64_t qk_find_nonfinite(const float *x, int64_t n) {
+#if defined(__x86_64__)
+    if (qk_isa_active() == QK_ISA_AVX2) return qk_find_nonfinite_avx2(x, n);
+#endif
+    return qk_find_nonfinite_ref(x, n);
 }

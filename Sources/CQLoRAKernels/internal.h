@@ -4,11 +4,41 @@
 
 #include "CQLoRAKernels.h"
 
+#include <float.h>
+
 const float *qk_table_for(int32_t type);
 void qk_sorted_table(const float *table, int count, int *order, float *mid);
 int qk_bucketize(float s, const float *mid, int count);
 
-void qk_f16_to_f32_ref(float *restrict y, const uint16_t *restrict x, int64_t n);
-void qk_f32_to_f16_ref(uint16_t *restrict y, const float *restrict x, int64_t n);
+// bitsandbytes clamps a block's absmax to this before taking the reciprocal, so
+// an all-zero block scales to 0 (the code of zero) instead of 0 * inf = NaN.
+#define QK_ABSMAX_FLOOR 1e-38f
+
+// The factor x is multiplied by to get its pre-rounding code, from the block's
+// exact absmax m: 1/m for NF4/FP4, 127/m (INT8) or 7/m (INT4). Computed as torch
+// does for bitsandbytes (`1.0 / t` and `127.0 / t` are `reciprocal(t) * c`); the
+// integer types cap it at FLT_MAX so tiny blocks never produce inf (then 0 * inf).
+static inline float qk_block_inv(int32_t type, float m) {
+    const float r = 1.0f / (m > QK_ABSMAX_FLOOR ? m : QK_ABSMAX_FLOOR);
+    if (type == QK_TYPE_NF4 || type == QK_TYPE_FP4) return r;
+    const float inv = r * (type == QK_TYPE_INT8 ? 127.0f : 7.0f);
+    return inv < FLT_MAX ? inv : FLT_MAX;
+}
+
+// Quantizes one block of `len` < B elements (the tensor's last block), padding it
+// with zeros; shared by every ISA so tails are the reference by construction.
+void qk_quantize_tail_block(uint8_t *restrict codes, float *restrict absmax,
+                            const float *restrict x, int64_t len, int32_t type, int32_t block_size);
+
+#if defined(__x86_64__)
+void qk_quantize_avx2(uint8_t *restrict codes, float *restrict absmax,
+                      const float *restrict x, int64_t n, int32_t type, int32_t block_size);
+void qk_dequantize_avx2(float *restrict y, const uint8_t *restrict codes, const float *restrict absmax,
+                        int64_t n_blocks, int32_t type, int32_t block_size);
+void qk_f16_to_f32_avx2(float *restrict y, const uint16_t *restrict x, int64_t n);
+void qk_f32_to_f16_avx2(uint16_t *restrict y, const float *restrict x, int64_t n);
+void qk_bf16_to_f32_avx2(float *restrict y, const uint16_t *restrict x, int64_t n);
+int64_t qk_find_nonfinite_avx2(const float *x, int64_t n);
+#endif
 
 #endif

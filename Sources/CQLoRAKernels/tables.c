@@ -5,7 +5,10 @@
 // double quantization of block scales. The values were read from bitsandbytes'
 // own output (shared/fixtures/tiny-llama/bnb_quant.safetensors, keys code.nf4,
 // code.fp4, code.dynamic8), so a packed file decodes exactly as bitsandbytes does.
-// FP4 nibble 8 is "-0" in bitsandbytes' table and stored as +0.0 there too.
+// FP4 nibble 8 is -0.0 here: bitsandbytes' quantizer table holds +0.0 there (a
+// Python int -0), but its CPU dequantizer decodes nibble 8 as -0.0f (it does on
+// machines without AVX-512, where the fixture was made), and sorting treats the
+// two zeros as equal, so only the sign of a decoded zero depends on it.
 #include "CQLoRAKernels.h"
 
 const float qk_nf4_table[16] = {
@@ -18,7 +21,7 @@ const float qk_nf4_table[16] = {
 const float qk_fp4_table[16] = {
     0x0.0p+0f, 0x1.555556p-8f, 0x1.555556p-1f, 0x1.0p+0f,
     0x1.555556p-2f, 0x1.0p-1f, 0x1.555556p-3f, 0x1.0p-2f,
-    0x0.0p+0f, -0x1.555556p-8f, -0x1.555556p-1f, -0x1.0p+0f,
+    -0x0.0p+0f, -0x1.555556p-8f, -0x1.555556p-1f, -0x1.0p+0f,
     -0x1.555556p-2f, -0x1.0p-1f, -0x1.555556p-3f, -0x1.0p-2f,
 };
 

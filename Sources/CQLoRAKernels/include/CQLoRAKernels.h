@@ -8,23 +8,37 @@
 //   flat elements [b·B, (b+1)·B). When `in` is a multiple of B (every real Llama
 //   projection) each row is a whole number of blocks; otherwise blocks straddle
 //   rows. The last block of a tensor is zero-padded to B elements.
-// - Each block has one scale, its absmax (max |x| in fp32). Element value is
-//   x̂ = value(code) · absmax, with value() per type:
-//     INT8: code / 127      (int8_t code = round_half_even(x · (127 / absmax)))
-//     INT4: code / 7        (code = round_half_even(x · (7 / absmax)) in [-7, 7], nibble = code + 8)
-//     NF4, FP4: the bitsandbytes code tables below (nearest code, ties to the lower code).
-//   Dequantization computes exactly `(float)code * (absmax / 127.0f)` (INT8),
-//   `(float)code * (absmax / 7.0f)` (INT4) and `table[nibble] * absmax` (NF4/FP4);
+// - Each block has one scale, its absmax m (max |x| in fp32). Element value is
+//   x̂ = value(code) · m, with value() per type:
+//     INT8: code / 127      (int8_t code = round_half_even(x · inv), inv = (1/m) · 127)
+//     INT4: code / 7        (code = round_half_even(x · inv) in [-7, 7], inv = (1/m) · 7, nibble = code + 8)
+//     NF4, FP4: the bitsandbytes code tables below: the nearest code to s = x · (1/m),
+//       a value exactly between two codes takes the lower one (bucketize over the fp32
+//       midpoints); of FP4's two zeros, nibble 0 is taken from s <= 0, nibble 8 from s > 0,
+//       and nibble 8 decodes to -0.0 (as bitsandbytes' CPU dequantizer does).
+//   Each product above is rounded to fp32 on its own, as torch computes it for
+//   bitsandbytes (`c / t` is `reciprocal(t) * c` there), so the INT8 codes equal
+//   bitsandbytes' row-wise int8 when a block is a row. The reciprocal is taken of
+//   max(m, 1e-38) (bitsandbytes' clamp), so a zero block gets the code of zero; a
+//   partial last NF4/FP4 block scales by x / max(m, 1e-38) instead (bitsandbytes
+//   divides there, and stores max(m, 1e-38) as that block's scale where we keep m),
+//   and the integer types cap inv at FLT_MAX. Inputs must be finite.
+//   Dequantization computes exactly `(float)code * (m / 127.0f)` (INT8),
+//   `(float)code * (m / 7.0f)` (INT4) and `table[nibble] * m` (NF4/FP4);
 //   every path (scalar, AVX2, NEON) reproduces these bit for bit.
 // - 4-bit codes within a block: byte j (0 <= j < B/2) holds element j in its
 //   low nibble and element j + B/2 in its high nibble (ggml's split halves:
 //   SIMD unpacks a block with one mask and one shift).
 // - Scales are stored one of three ways (qk_scale_kind):
 //     F32: float absmax[n_blocks];  F16: IEEE half absmax[n_blocks];
-//     DQ8: QLoRA double quantization as bitsandbytes does it: offset = mean(absmax),
-//          then (absmax - offset) in groups of 256 blocks, each group scaled by its
-//          own absmax (float group_scale[ceil(n_blocks / 256)]) and coded with the
-//          signed dynamic 8-bit map: absmax' = dynamic8[q[b]] · group_scale[b / 256] + offset.
+//     DQ8: QLoRA double quantization as bitsandbytes 0.50 does it on CPU:
+//          offset = mean(absmax) in fp32 (summed in torch's CPU order), then
+//          (absmax - offset) in groups of 256 blocks, each group scaled by its own
+//          absmax g (float group_scale[ceil(n_blocks / 256)]) and coded with the signed
+//          dynamic 8-bit map: absmax' = dynamic8[q[b]] · group_scale[b / 256] + offset
+//          (two fp32 roundings). The code of s = (absmax - offset) · (1/g) is the
+//          nearest code not to s but to s snapped onto bitsandbytes' grid of 65536
+//          points over [-1, 1]; a group with g = 0 stores code 0.
 //   Codes are always computed against the exact fp32 absmax; F16 and DQ8 only
 //   change how the scale is stored (bitsandbytes does the same for DQ8).
 
@@ -102,7 +116,9 @@ qk_isa qk_isa_set(qk_isa isa);
 
 /// Quantize n floats (n need not be a multiple of B; the tail block is padded
 /// with zeros) into ceil(n/B) blocks: codes, and each block's exact absmax.
-/// Bit-exact with bitsandbytes quantize_4bit for NF4/FP4.
+/// Bit-exact with bitsandbytes quantize_4bit for NF4/FP4 (see the rules above).
+/// `_ref` is the scalar reference; the unsuffixed function dispatches on
+/// qk_isa_active() and returns the same bits.
 void qk_quantize(uint8_t *restrict codes, float *restrict absmax,
                  const float *restrict x, int64_t n, int32_t type, int32_t block_size);
 void qk_quantize_ref(uint8_t *restrict codes, float *restrict absmax,
@@ -115,7 +131,9 @@ void qk_dequantize_ref(float *restrict y, const uint8_t *restrict codes, const f
                        int64_t n_blocks, int32_t type, int32_t block_size);
 
 /// Double quantization of n_blocks fp32 scales (bitsandbytes compress_statistics):
-/// q[n_blocks], group_scales[ceil(n_blocks/256)], *offset.
+/// q[n_blocks], group_scales[ceil(n_blocks/256)], *offset. Scalar only (it touches
+/// one float per block). The offset equals torch's single-threaded mean on an AVX2
+/// build; a multi-threaded torch (n_blocks >= 32768) may sum in another order.
 void qk_double_quantize(uint8_t *restrict q, float *restrict group_scales, float *restrict offset,
                         const float *restrict absmax, int64_t n_blocks);
 
@@ -123,12 +141,17 @@ void qk_double_quantize(uint8_t *restrict q, float *restrict group_scales, float
 void qk_scales_decode(float *restrict absmax, const qk_packed *w, int64_t first, int64_t count);
 
 /// fp16 <-> fp32 (round to nearest even) and bf16 -> fp32, for checkpoints and F16 scales.
+/// NaNs convert as x86 F16C does: quieted, payload kept (truncated to fp16's 10 bits).
 void qk_f16_to_f32(float *restrict y, const uint16_t *restrict x, int64_t n);
 void qk_f32_to_f16(uint16_t *restrict y, const float *restrict x, int64_t n);
 void qk_bf16_to_f32(float *restrict y, const uint16_t *restrict x, int64_t n);
+void qk_f16_to_f32_ref(float *restrict y, const uint16_t *restrict x, int64_t n);
+void qk_f32_to_f16_ref(uint16_t *restrict y, const float *restrict x, int64_t n);
+void qk_bf16_to_f32_ref(float *restrict y, const uint16_t *restrict x, int64_t n);
 
 /// Index of the first NaN or ±Inf in x[0..n), or -1 if all are finite.
 int64_t qk_find_nonfinite(const float *x, int64_t n);
+int64_t qk_find_nonfinite_ref(const float *x, int64_t n);
 
 #ifdef __cplusplus
 }
