@@ -18,9 +18,12 @@ struct AddedToken: Sendable {
 private struct TokenTrie: Sendable {
     private var children: [[Unicode.Scalar: Int32]] = [[:]]
     private var terminal: [Int32] = [-1]  // index into AddedVocabulary.tokens, -1 if none
+    private var firstASCII: (UInt64, UInt64) = (0, 0)  // ASCII scalars that start a pattern
 
     init(_ entries: [(pattern: Scalars, token: Int)]) {
         for (pattern, token) in entries where !pattern.isEmpty {
+            let first = pattern[0].value
+            if first < 64 { firstASCII.0 |= 1 << UInt64(first) } else if first < 128 { firstASCII.1 |= 1 << UInt64(first - 64) }
             var node = 0
             for s in pattern {
                 if let child = children[node][s] {
@@ -38,6 +41,11 @@ private struct TokenTrie: Sendable {
 
     /// The longest pattern starting at `start`: (token index, end).
     func longestMatch(in text: Scalars, at start: Int) -> (token: Int, end: Int)? {
+        // Most positions start no token; an ASCII bitmap answers that without hashing.
+        let first = text[start].value
+        if first < 128 && (first < 64 ? firstASCII.0 >> UInt64(first) : firstASCII.1 >> UInt64(first - 64)) & 1 == 0 {
+            return nil
+        }
         var node = 0
         var best: (Int, Int)?
         var i = start

@@ -12,8 +12,10 @@ struct BPEModel: Sendable {
     let vocab: [[UInt8]: Int32]
     /// Token text by id; nil where the id is unused.
     let tokensByID: [Scalars?]
-    /// Ids of the single-scalar tokens, the starting symbols of every word.
-    private let scalarIDs: [Unicode.Scalar: Int32]
+    /// Ids of the single-scalar tokens, the starting symbols of every word: a table for the
+    /// Basic Multilingual Plane (-1 where absent), a dictionary above it.
+    private let bmpScalarIDs: [Int32]
+    private let astralScalarIDs: [Unicode.Scalar: Int32]
     /// Ids of <0x00>...<0xFF> when byte_fallback is on (-1 where absent); empty when off.
     private let byteFallbackIDs: [Int32]
     /// (left id, right id) packed as left << 32 | right, to (rank, merged id).
@@ -53,18 +55,22 @@ struct BPEModel: Sendable {
             maxID = max(maxID, id)
         }
         var tokensByID = [Scalars?](repeating: nil, count: maxID + 1)
-        var scalarIDs: [Unicode.Scalar: Int32] = [:]
+        var bmpScalarIDs = [Int32](repeating: -1, count: 0x10000)
+        var astralScalarIDs: [Unicode.Scalar: Int32] = [:]
         for (bytes, id) in vocab {
             let scalars = Array(String(decoding: bytes, as: UTF8.self).unicodeScalars)
             if tokensByID[Int(id)] != nil {
                 throw vocabNode.invalid("id \(id) is used by more than one token")
             }
             tokensByID[Int(id)] = scalars
-            if scalars.count == 1 { scalarIDs[scalars[0]] = id }
+            if scalars.count == 1 {
+                if scalars[0].value < 0x10000 { bmpScalarIDs[Int(scalars[0].value)] = id } else { astralScalarIDs[scalars[0]] = id }
+            }
         }
         self.vocab = vocab
         self.tokensByID = tokensByID
-        self.scalarIDs = scalarIDs
+        self.bmpScalarIDs = bmpScalarIDs
+        self.astralScalarIDs = astralScalarIDs
 
         if try node.bool("byte_fallback", default: false) {
             byteFallbackIDs = (0..<256).map { vocab[Array(ByteFallback.tokenName($0).utf8)] ?? -1 }
@@ -140,7 +146,8 @@ struct BPEModel: Sendable {
         symbols.reserveCapacity(word.count)
         var pendingUnk = false
         for s in word {
-            if let id = scalarIDs[s] {
+            let known = s.value < 0x10000 ? bmpScalarIDs[Int(s.value)] : astralScalarIDs[s] ?? -1
+            if known >= 0, case let id = known {
                 if pendingUnk, let unk = unkID { symbols.append(unk) }
                 pendingUnk = false
                 symbols.append(id)

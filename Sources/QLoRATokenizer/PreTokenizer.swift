@@ -134,20 +134,13 @@ indirect enum PreTokenizer: Sendable {
             kept = spans.map(\.range)
         case .removed:
             kept = spans.filter { !$0.isMatch }.map(\.range)
-        case .contiguous:
+        case .contiguous, .mergedWithPrevious:
             var previousMatch = false
             for span in spans {
-                if span.isMatch == previousMatch, let last = kept.last {
-                    kept[kept.count - 1] = last.lowerBound..<span.range.upperBound
-                } else {
-                    kept.append(span.range)
-                }
-                previousMatch = span.isMatch
-            }
-        case .mergedWithPrevious:
-            var previousMatch = false
-            for span in spans {
-                if span.isMatch && !previousMatch, let last = kept.last {
+                // Contiguous joins runs of the same kind; MergedWithPrevious appends a delimiter
+                // to the piece before it.
+                let joins = behavior == .contiguous ? span.isMatch == previousMatch : span.isMatch && !previousMatch
+                if joins, let last = kept.last {
                     kept[kept.count - 1] = last.lowerBound..<span.range.upperBound
                 } else {
                     kept.append(span.range)

@@ -230,7 +230,7 @@ public struct Tokenizer: Sendable {
             tokens.append(text)
         }
         guard let decoder else { return tokens.map { String(scalars: $0) }.joined(separator: " ") }
-        return String(scalars: decoder.decodeChain(tokens).joined())
+        return String(scalars: concatenated(decoder.decodeChain(tokens)))
     }
 
     /// The id of a token string (added tokens first, then the model vocabulary), compared by

@@ -7,34 +7,20 @@ import Testing
 /// DecodeStream steps, for six tokenizers covering both BPE families.
 @Suite struct LibraryReferenceTests {
     @Test(arguments: ReferenceTokenizers.names)
-    func encodeMatchesLibrary(name: String) throws {
+    func encodeAndDecodeMatchLibrary(name: String) throws {
         let reference = try #require(try LibraryReference.load().tokenizers[name])
         let tokenizer = try ReferenceTokenizers.load(name)
         #expect(tokenizer.vocabularySize == reference.vocabSize)
-        for c in reference.cases {
-            #expect(tokenizer.encode(c.text) == c.ids, "\(name): \(c.text.debugDescription)")
-            #expect(tokenizer.encode(c.text, addSpecialTokens: false) == c.idsNoSpecial, "\(name): \(c.text.debugDescription)")
-            let tokens = tokenizer.tokens(for: c.text)
-            #expect(sameScalars(tokens, c.tokensNoSpecial), "\(name): \(c.text.debugDescription) -> \(tokens)")
-        }
+        for c in reference.cases { expectCase(c, tokenizer, name) }
     }
 
+    /// Random ids: invalid UTF-8 from byte tokens, special tokens anywhere, unknown ids.
     @Test(arguments: ReferenceTokenizers.names)
-    func decodeMatchesLibrary(name: String) throws {
+    func decodeRandomIDsLikeLibrary(name: String) throws {
         let reference = try #require(try LibraryReference.load().tokenizers[name])
         let tokenizer = try ReferenceTokenizers.load(name)
-        for c in reference.cases {
-            let skip = tokenizer.decode(c.ids)
-            let keep = tokenizer.decode(c.ids, skipSpecialTokens: false)
-            #expect(sameScalars(skip, c.decodeSkipSpecial), "\(name): \(c.ids) -> \(skip.debugDescription)")
-            #expect(sameScalars(keep, c.decodeKeepSpecial), "\(name): \(c.ids) -> \(keep.debugDescription)")
-        }
-        // Random ids: invalid UTF-8 from byte tokens, special tokens anywhere, unknown ids.
         for c in reference.decodeCases {
-            let skip = tokenizer.decode(c.ids)
-            let keep = tokenizer.decode(c.ids, skipSpecialTokens: false)
-            #expect(sameScalars(skip, c.skip), "\(name): \(c.ids) -> \(skip.debugDescription)")
-            #expect(sameScalars(keep, c.keep), "\(name): \(c.ids) -> \(keep.debugDescription)")
+            expectDecodes(c.ids, skip: c.skip, keep: c.keep, tokenizer, name)
         }
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import QLoRAKit
 import QLoRATokenizer
+import Testing
 import _TestSupport
 
 // Reference data written by the real `tokenizers` library (Tests/Fixtures/tokenizers/
@@ -13,11 +14,14 @@ struct LibraryReference: Decodable {
     let regexCases: RegexCases
     let storiesEval: [String: [DigestRow]]
 
-    static func load() throws -> LibraryReference {
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
-        return try decoder.decode(LibraryReference.self, from: Data(contentsOf: Fixtures.url("tokenizers/reference.json")))
-    }
+    static func load() throws -> LibraryReference { try decodeFixture("tokenizers/reference.json") }
+}
+
+/// Decodes a JSON fixture whose keys are snake_case.
+func decodeFixture<T: Decodable>(_ relative: String) throws -> T {
+    let decoder = JSONDecoder()
+    decoder.keyDecodingStrategy = .convertFromSnakeCase
+    return try decoder.decode(T.self, from: Data(contentsOf: Fixtures.url(relative)))
 }
 
 struct TokenizerReference: Decodable {
@@ -27,9 +31,11 @@ struct TokenizerReference: Decodable {
     let streamCases: [StreamCase]
 }
 
+/// An encode case, in the layout of tiny-llama's reference.json ("with_bos" = with the
+/// post-processor's special tokens).
 struct EncodeCase: Decodable {
     let text: String
-    let ids: [Int]
+    let idsWithBos: [Int]
     let idsNoSpecial: [Int]
     let tokensNoSpecial: [String]
     let decodeSkipSpecial: String
@@ -95,6 +101,22 @@ enum ReferenceTokenizers {
     }
 
     static func load(_ name: String) throws -> Tokenizer { try Tokenizer(directory: directory(name)) }
+}
+
+/// Checks one encode case: ids with and without special tokens, tokens, and both decodes.
+func expectCase(_ c: EncodeCase, _ tokenizer: Tokenizer, _ name: String) {
+    #expect(tokenizer.encode(c.text) == c.idsWithBos, "\(name): \(c.text.debugDescription)")
+    #expect(tokenizer.encode(c.text, addSpecialTokens: false) == c.idsNoSpecial, "\(name): \(c.text.debugDescription)")
+    let tokens = tokenizer.tokens(for: c.text)
+    #expect(sameScalars(tokens, c.tokensNoSpecial), "\(name): \(c.text.debugDescription) -> \(tokens)")
+    expectDecodes(c.idsWithBos, skip: c.decodeSkipSpecial, keep: c.decodeKeepSpecial, tokenizer, name)
+}
+
+func expectDecodes(_ ids: [Int], skip: String, keep: String, _ tokenizer: Tokenizer, _ name: String) {
+    let skipped = tokenizer.decode(ids)
+    let kept = tokenizer.decode(ids, skipSpecialTokens: false)
+    #expect(sameScalars(skipped, skip), "\(name): \(ids) -> \(skipped.debugDescription)")
+    #expect(sameScalars(kept, keep), "\(name): \(ids) -> \(kept.debugDescription)")
 }
 
 /// Exact comparison by Unicode scalars (Swift's == treats canonically equivalent strings as equal).

@@ -14,7 +14,7 @@ import Testing
 
     @Test func splitsMatchLibrary() throws {
         let reference = try LibraryReference.load().regexCases
-        #expect(reference.patterns.count == 12)
+        #expect(reference.patterns.count == 16)
         for c in reference.patterns {
             let behavior = try #require(Self.behaviorNames[c.behavior])
             // Vocabulary: every expected piece plus every single scalar, deduplicated exactly.

@@ -8,27 +8,19 @@ import _TestSupport
 /// reference.json) and the stories260K fine-tuning texts the engine will train on.
 @Suite struct SharedReferenceTests {
     struct TinyLlamaCases: Decodable {
-        struct Case: Decodable {
-            let text: String
-            let ids_with_bos: [Int]
-            let ids_no_special: [Int]
-            let tokens_no_special: [String]
-            let decode_skip_special: String
-            let decode_keep_special: String
-        }
-        let cases: [Case]
+        let cases: [EncodeCase]
     }
 
     struct StoriesSequences: Decodable {
         struct Sequence: Decodable {
             let ids: [Int]
             let decoded: String
-            let completion_start: Int?
+            let completionStart: Int?
         }
         struct Greedy: Decodable {
             let prompt: String
-            let prompt_ids: [Int]
-            let all_ids: [Int]
+            let promptIds: [Int]
+            let allIds: [Int]
             let text: String
         }
         let sequences: [String: Sequence]
@@ -36,17 +28,10 @@ import _TestSupport
     }
 
     @Test func tinyLlamaReferenceCases() throws {
-        let reference = try JSONDecoder().decode(
-            TinyLlamaCases.self, from: Data(contentsOf: Fixtures.url("tokenizers/tiny-llama/reference_cases.json")))
+        let reference: TinyLlamaCases = try decodeFixture("tokenizers/tiny-llama/reference_cases.json")
         let tokenizer = try Tokenizer(directory: Fixtures.url("tokenizers/tiny-llama"))
         #expect(reference.cases.count == 7)
-        for c in reference.cases {
-            #expect(tokenizer.encode(c.text) == c.ids_with_bos, "\(c.text.debugDescription)")
-            #expect(tokenizer.encode(c.text, addSpecialTokens: false) == c.ids_no_special)
-            #expect(sameScalars(tokenizer.tokens(for: c.text), c.tokens_no_special))
-            #expect(sameScalars(tokenizer.decode(c.ids_with_bos), c.decode_skip_special))
-            #expect(sameScalars(tokenizer.decode(c.ids_with_bos, skipSpecialTokens: false), c.decode_keep_special))
-        }
+        for c in reference.cases { expectCase(c, tokenizer, "tiny-llama") }
         #expect(tokenizer.bosTokenID == 0)
         #expect(tokenizer.eosTokenIDs == [1])
         #expect(tokenizer.padTokenID == 3)
@@ -55,8 +40,7 @@ import _TestSupport
     }
 
     @Test func storiesReferenceSequences() throws {
-        let reference = try JSONDecoder().decode(
-            StoriesSequences.self, from: Data(contentsOf: Fixtures.url("tokenizers/stories260K/reference_sequences.json")))
+        let reference: StoriesSequences = try decodeFixture("tokenizers/stories260K/reference_sequences.json")
         let tokenizer = try Tokenizer(directory: EmbeddedModel.directory)
 
         let lily = try #require(reference.sequences["seq1_lily"])
@@ -70,11 +54,11 @@ import _TestSupport
         let valid0 = try #require(reference.sequences["seq3_valid0_prompt_completion"])
         let line = try #require(try FineTuningLine.load("valid").first)
         #expect(tokenizer.encode(line.prompt + line.completion) == valid0.ids)
-        #expect(tokenizer.encode(line.prompt).count == valid0.completion_start)
+        #expect(tokenizer.encode(line.prompt).count == valid0.completionStart)
 
         let greedy = reference.greedy
-        #expect(tokenizer.encode(greedy.prompt) == greedy.prompt_ids)
-        #expect(sameScalars(tokenizer.decode(greedy.all_ids), greedy.text))
+        #expect(tokenizer.encode(greedy.prompt) == greedy.promptIds)
+        #expect(sameScalars(tokenizer.decode(greedy.allIds), greedy.text))
     }
 
     /// The deliberate difference from llama2.c's run.c that the stories260K README describes:

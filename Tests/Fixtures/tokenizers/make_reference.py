@@ -25,7 +25,8 @@ Also copied: tiny-llama/reference_cases.json and stories260K/reference_sequences
 tokenizer parts of the two shared reference.json files.
 
 Output: reference.json with, per tokenizer, encode cases (ids with and without special
-tokens, tokens, both decodes), decode cases on random id sequences, and DecodeStream
+tokens, tokens, both decodes; named as in tiny-llama's reference.json although "with_bos" means
+"with the post-processor's special tokens"), decode cases on random id sequences, and DecodeStream
 steps; Split regex cases; and, for stories260K's train/valid lines, token counts plus an
 FNV-1a 64 digest of the ids (4 little-endian bytes per id).
 """
@@ -77,7 +78,8 @@ REGEX_PATTERNS = [
     (GPT2, "isolated", False), (LLAMA3, "isolated", False), (QWEN2, "isolated", False),
     (r"\d+|\w+|[^\w\s]+", "isolated", False), (r"\s+", "removed", False),
     (r"\s", "merged_with_previous", False), (r"\s", "merged_with_next", False),
-    (r"\p{L}+", "contiguous", False), (r"\p{N}", "isolated", True),
+    (r"\p{L}+", "contiguous", False), (r"\p{N}", "isolated", True), (r"\p{L}", "contiguous", False),
+    (r"\s", "removed", True), (r"\p{N}", "merged_with_previous", True), (r"[aeiou]", "merged_with_next", True),
     (r"(?i:[a-c]+|hello)|\P{L}{2,3}?x|[^\p{Lu}\p{Ll}\s]", "isolated", False),
     (r"(?:ab|a)(?=c)|.", "isolated", False), (r"\D\S\W", "isolated", False),
 ]
@@ -224,7 +226,7 @@ def cases_for(tok, rng):
     for text in TEXTS:
         with_special = tok.encode(text)
         plain = tok.encode(text, add_special_tokens=False)
-        cases.append({"text": text, "ids": with_special.ids, "ids_no_special": plain.ids,
+        cases.append({"text": text, "ids_with_bos": with_special.ids, "ids_no_special": plain.ids,
                       "tokens_no_special": plain.tokens,
                       "decode_skip_special": tok.decode(with_special.ids, skip_special_tokens=True),
                       "decode_keep_special": tok.decode(with_special.ids, skip_special_tokens=False)})
