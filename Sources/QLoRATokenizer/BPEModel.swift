@@ -25,6 +25,10 @@ struct BPEModel: Sendable {
     private let ignoreMerges: Bool
     private let cache = WordCache()
 
+    /// Ids index dense tables, so an absurd id in a file must not size them (2^24 is far above
+    /// any real vocabulary).
+    static let maxID = 1 << 24
+
     struct Merge: Sendable {
         let rank: Int32
         let newID: Int32
@@ -50,7 +54,7 @@ struct BPEModel: Sendable {
         let vocabNode = try node.required("vocab")
         for (token, idNode) in try vocabNode.members() {
             let id = try idNode.int()
-            guard id >= 0 && id < Int(Int32.max) else { throw idNode.invalid("id \(id) out of range") }
+            guard id >= 0 && id < Self.maxID else { throw idNode.invalid("id \(id) out of range 0..<\(Self.maxID)") }
             vocab[Array(token.utf8)] = Int32(id)
             maxID = max(maxID, id)
         }

@@ -26,6 +26,32 @@ indirect enum RegexNode {
         case .lookahead: return true
         }
     }
+
+    /// About how many instructions compiling the node emits (counted repetition copies its
+    /// body), saturating, so hostile patterns can be refused before they are expanded.
+    var compiledSize: Int {
+        switch self {
+        case .set: return 1
+        case let .sequence(nodes): return nodes.reduce(0) { $0.addingSaturating($1.compiledSize) }
+        case let .alternation(nodes): return nodes.reduce(2 * nodes.count) { $0.addingSaturating($1.compiledSize) }
+        case let .repetition(node, min, max, _):
+            let copies = Swift.max(min, max ?? min + 1)
+            return node.compiledSize.multipliedSaturating(by: copies).addingSaturating(copies + 2)
+        case let .lookahead(node, _): return node.compiledSize.addingSaturating(2)
+        }
+    }
+}
+
+extension Int {
+    fileprivate func addingSaturating(_ other: Int) -> Int {
+        let (sum, overflow) = addingReportingOverflow(other)
+        return overflow ? .max : sum
+    }
+
+    fileprivate func multipliedSaturating(by other: Int) -> Int {
+        let (product, overflow) = multipliedReportingOverflow(by: other)
+        return overflow ? .max : product
+    }
 }
 
 struct RegexSyntaxError: Error {
@@ -35,7 +61,9 @@ struct RegexSyntaxError: Error {
 struct RegexParser {
     private let scalars: [Unicode.Scalar]
     private var index = 0
+    private var depth = 0
     private static let maxRepeat = 1000
+    private static let maxDepth = 100
 
     static func parse(_ pattern: String) throws(RegexSyntaxError) -> RegexNode {
         var parser = RegexParser(scalars: Array(pattern.unicodeScalars))
@@ -178,6 +206,9 @@ struct RegexParser {
     }
 
     private mutating func parseGroup(caseInsensitive: Bool) throws(RegexSyntaxError) -> RegexNode {
+        depth += 1
+        defer { depth -= 1 }
+        guard depth <= Self.maxDepth else { throw fail("groups nested deeper than \(Self.maxDepth)") }
         var flag = caseInsensitive
         var lookahead: Bool?  // negated?
         if consume("?") {

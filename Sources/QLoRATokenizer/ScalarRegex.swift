@@ -15,12 +15,16 @@ struct ScalarRegex: Sendable {
         case match
     }
 
+    private static let maxProgramSize = 100_000
     private var programs: [[Instruction]] = []
     private var classes: [ScalarClass] = []
 
     init(pattern: String) throws(RegexSyntaxError) {
         let node = try RegexParser.parse(pattern)
         guard !node.isNullable else { throw RegexSyntaxError(reason: "the pattern can match the empty string") }
+        guard node.compiledSize <= Self.maxProgramSize else {
+            throw RegexSyntaxError(reason: "the pattern expands to more than \(Self.maxProgramSize) instructions")
+        }
         _ = compileProgram(node)
     }
 

@@ -100,6 +100,10 @@ public struct Tokenizer: Sendable {
         skippedIDs = skipped
         let vocabularySize = highest + 1
         self.vocabularySize = vocabularySize
+        for special in processor.prefix + processor.suffix where Int(special.id) >= vocabularySize {
+            throw .invalidValue(tokenizerJSON, path: "post_processor",
+                                reason: "special token \"\(special.token)\" has id \(special.id), outside the vocabulary (size \(vocabularySize))")
+        }
         unkTokenID = model.unkID.map(Int.init)
 
         var bos: Int?

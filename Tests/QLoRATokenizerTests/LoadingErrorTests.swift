@@ -74,6 +74,8 @@ import _TestSupport
             #"a*"#,  // matches the empty string
             #"\p{Greek}"#,  // script property
             #"^a"#,  // anchor
+            #"((a{1000}){1000}){1000}"#,  // expands to 10^9 instructions
+            String(repeating: "(", count: 200) + "a" + String(repeating: ")", count: 200),
         ]
         for pattern in patterns {
             let (error, file) = try loadingError {
@@ -117,6 +119,20 @@ import _TestSupport
             json["added_tokens"] = tokens
         }
         try expectInvalid("version") { $0["version"] = "2.0" }
+        try expectInvalid("model.vocab.<huge>") { json in
+            var model = Self.model(json)
+            var vocab = model["vocab"] as? [String: Any] ?? [:]
+            vocab["<huge>"] = 2_000_000_000  // would size the id tables
+            model["vocab"] = vocab
+            json["model"] = model
+        }
+        try expectInvalid("post_processor") {
+            $0["post_processor"] = [
+                "type": "TemplateProcessing",
+                "single": [["SpecialToken": ["id": "<s>", "type_id": 0]], ["Sequence": ["id": "A", "type_id": 0]]],
+                "pair": [], "special_tokens": ["<s>": ["id": "<s>", "ids": [999], "tokens": ["<s>"]]],
+            ]
+        }
         try expectInvalid("pre_tokenizer.replacement") {
             $0["pre_tokenizer"] = ["type": "Metaspace", "replacement": "ab", "prepend_scheme": "always", "split": true]
         }

@@ -34,6 +34,8 @@ import Testing
             for (text, pieces) in zip(reference.texts, c.pieces) {
                 let tokens = tokenizer.tokens(for: text)
                 #expect(sameScalars(tokens, pieces), "\(c.pattern) \(behavior) invert=\(c.invert): \(text.debugDescription) -> \(tokens)")
+                // Without a decoder, decoding joins the tokens with spaces, as the library does.
+                #expect(sameScalars(tokenizer.decode(tokenizer.encode(text)), pieces.joined(separator: " ")))
             }
         }
     }
