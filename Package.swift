@@ -24,10 +24,12 @@ let package = Package(
         .target(name: "QLoRAStorage", dependencies: ["CQLoRAKernels", "CZstd"]),
         // Products with the frozen packed base on all cores.
         .target(name: "QLoRACompute", dependencies: ["QLoRAStorage", "CQLoRAKernels", "COpenBLAS"]),
+        // Hugging Face tokenizer.json (byte-level and SentencePiece-style BPE), pure Swift.
+        .target(name: "QLoRATokenizer"),
         // The public face: re-exports the modules above and carries the embedded default model.
         .target(
             name: "QLoRAKit",
-            dependencies: ["QLoRAStorage", "QLoRACompute"],
+            dependencies: ["QLoRAStorage", "QLoRACompute", "QLoRATokenizer"],
             resources: [.copy("Resources/stories260K")]
         ),
         .executableTarget(
@@ -39,5 +41,7 @@ let package = Package(
         .target(name: "_TestSupport", dependencies: ["QLoRAStorage"], path: "Tests/_TestSupport"),
         .testTarget(name: "CQLoRAKernelsTests", dependencies: ["CQLoRAKernels", "QLoRAStorage", "_TestSupport"]),
         .testTarget(name: "QLoRAStorageTests", dependencies: ["QLoRAStorage", "_TestSupport"]),
+        // Depends on QLoRAKit for the embedded stories260K tokenizer and its fine-tuning texts.
+        .testTarget(name: "QLoRATokenizerTests", dependencies: ["QLoRATokenizer", "QLoRAKit", "_TestSupport"]),
     ]
 )
