@@ -130,6 +130,13 @@ void qk_bf16_to_f32(float *restrict y, const uint16_t *restrict x, int64_t n);
 /// Index of the first NaN or ±Inf in x[0..n), or -1 if all are finite.
 int64_t qk_find_nonfinite(const float *x, int64_t n);
 
+// ---------------------------------------------------------------------------
+// Checksum (checksum.c): XXH64 as specified by xxHash, used by packed checkpoints
+// ---------------------------------------------------------------------------
+
+/// XXH64 of len bytes (xxHash's 64-bit hash; seed 0 in packed checkpoints).
+uint64_t qk_xxh64(const void *data, size_t len, uint64_t seed);
+
 #ifdef __cplusplus
 }
 #endif
