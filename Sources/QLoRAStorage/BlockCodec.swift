@@ -50,13 +50,16 @@ public final class AlignedBuffer: @unchecked Sendable {
 /// A block-quantized tensor: its region bytes (codes, scales, group scales) laid out
 /// as in a packed checkpoint, either owned (from `BlockCodec`) or viewed in place
 /// in a memory-mapped file (from `PackedCheckpoint`). Copies share the bytes.
+///
+/// The bytes live as long as some copy of the tensor does, so raw access goes
+/// through closures (`withUnsafeRegion`, `withPacked`) that keep it alive.
 public struct QuantizedTensor: @unchecked Sendable {
     public let spec: QuantSpec
     public let shape: [Int]
     public let layout: PackedLayout
     public let parts: PackedParts
     /// The region exactly as stored (parts and the zero padding between them).
-    public let region: UnsafeRawBufferPointer
+    let region: UnsafeRawBufferPointer
     /// Keeps `region` valid: the mapped file or the owned buffer.
     private let owner: AnyObject
 
@@ -77,31 +80,31 @@ public struct QuantizedTensor: @unchecked Sendable {
     /// All other dimensions together (`out` for a linear weight).
     public var rows: Int { count / Swift.max(cols, 1) }
 
-    public var codes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: region[parts.codes]) }
-    /// Raw stored scales: fp32, fp16 or DQ8 codes, one per block.
-    public var scales: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: region[parts.scales]) }
-    /// DQ8 only: one fp32 scale per 256 blocks (empty otherwise).
-    public var groupScales: UnsafeBufferPointer<Float> {
-        guard spec.scaleKind == .dq8 else { return UnsafeBufferPointer(start: nil, count: 0) }
-        let groups = (parts.groupScales.count - 4) / 4
-        return UnsafeBufferPointer(start: (region.baseAddress! + parts.groupScales.lowerBound).assumingMemoryBound(to: Float.self),
-                                   count: groups)
+    /// The region's bytes, valid inside `body` only.
+    public func withUnsafeRegion<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try withExtendedLifetime(owner) { try body(region) }
     }
+
+    /// A copy of the region's bytes.
+    public var regionBytes: [UInt8] { withUnsafeRegion { Array($0) } }
+
     /// DQ8 only: the mean of the fp32 absmax values, added back when decoding.
     public var offset: Float {
         guard spec.scaleKind == .dq8 else { return 0 }
-        return region.loadUnaligned(fromByteOffset: parts.groupScales.upperBound - 4, as: Float.self)
+        return withUnsafeRegion { $0.loadUnaligned(fromByteOffset: parts.groupScales.upperBound - 4, as: Float.self) }
     }
 
-    /// The C description the kernels take. Its pointers stay valid while this tensor
-    /// (or the checkpoint it came from) is alive; prefer `withPacked` when in doubt.
+    /// The C description the kernels take. Its pointers are valid only while this
+    /// tensor is alive: keep the tensor (for example in a property) beside it, or
+    /// use `withPacked`.
     public var packed: qk_packed {
-        qk_packed(type: spec.type.code, block_size: Int32(spec.blockSize), scale_kind: spec.scaleKind.code, reserved: 0,
-                  rows: Int64(rows), cols: Int64(cols),
-                  codes: codes.baseAddress?.assumingMemoryBound(to: UInt8.self),
-                  scales: scales.baseAddress,
-                  group_scales: groupScales.baseAddress,
-                  offset: offset)
+        let base = region.baseAddress!
+        return qk_packed(type: spec.type.code, block_size: Int32(spec.blockSize), scale_kind: spec.scaleKind.code, reserved: 0,
+                         rows: Int64(rows), cols: Int64(cols),
+                         codes: base.assumingMemoryBound(to: UInt8.self),
+                         scales: UnsafeRawPointer(base + parts.scales.lowerBound),
+                         group_scales: spec.scaleKind == .dq8 ? (base + parts.groupScales.lowerBound).assumingMemoryBound(to: Float.self) : nil,
+                         offset: offset)
     }
 
     public func withPacked<R>(_ body: (UnsafePointer<qk_packed>) throws -> R) rethrows -> R {

@@ -304,10 +304,10 @@ public final class PackedCheckpoint: @unchecked Sendable {
 }
 
 /// fp32 values of a tensor: a view into the map, or owned memory after conversion.
+/// The values live as long as some copy of it does; raw access goes through `withValues`.
 public struct FloatTensor: @unchecked Sendable {
     public let shape: [Int]
-    /// Valid while this value (or a copy) is alive.
-    public let values: UnsafeBufferPointer<Float>
+    let values: UnsafeBufferPointer<Float>
     private let owner: AnyObject
 
     init(shape: [Int], values: UnsafeBufferPointer<Float>, owner: AnyObject) {

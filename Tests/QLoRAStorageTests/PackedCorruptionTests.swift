@@ -9,14 +9,14 @@ import Testing
     let good: [UInt8]
 
     init() throws {
-        dir = try makeTemporaryDirectory()
+        dir = try SafetensorsScratch.directory()
         let url = dir.appendingPathComponent("good.qlora")
         try Sample().write(to: url)
         good = try [UInt8](Data(contentsOf: url))
         try FileManager.default.removeItem(at: url)
     }
 
-    deinit { try? FileManager.default.removeItem(at: dir) }
+    deinit { SafetensorsScratch.remove(dir) }
 
     private func open(_ bytes: [UInt8], _ name: String = "bad.qlora") throws -> (URL, Result<PackedCheckpoint, PackedCheckpointError>) {
         let url = dir.appendingPathComponent(name)

@@ -15,18 +15,21 @@ let specExample: [Float] = (0..<48).map { i in Float((i * 5) % 17 - 8) / (i < 24
         let f32 = try BlockCodec.quantize(specExample, shape: [2, 24], spec: QuantSpec(type: .nf4, blockSize: 32))
         let codes: [UInt8] = [0xc0, 0x03, 0x3a, 0xaf, 0xf1, 0x17, 0x7d, 0xd0, 0x34, 0x6b, 0x9f, 0xc2, 0x49, 0x8e, 0xb1, 0x36,
                               0x76, 0x7c, 0x70, 0x73, 0x7a, 0x7f, 0x71, 0x77, 0x7d, 0x70, 0x74, 0x7b, 0x7f, 0x72, 0x79, 0x7e]
-        #expect(f32.region.count == 72)
-        #expect(Array(f32.codes) == codes)
-        #expect(f32.region[32..<64].allSatisfy { $0 == 0 })
-        #expect(Array(f32.region[64..<72]) == [0x00, 0x00, 0x80, 0x3f, 0x00, 0x00, 0x00, 0x3f])
+        let a = f32.regionBytes
+        #expect(a.count == 72)
+        #expect(Array(a[0..<32]) == codes)
+        #expect(a[32..<64].allSatisfy { $0 == 0 })
+        #expect(Array(a[64..<72]) == [0x00, 0x00, 0x80, 0x3f, 0x00, 0x00, 0x00, 0x3f])
 
         let dq = try BlockCodec.quantize(specExample, shape: [2, 24], spec: QuantSpec(type: .nf4, blockSize: 32, scaleKind: .dq8))
-        #expect(dq.region.count == 136)
-        #expect(Array(dq.codes) == codes)
+        let b = dq.regionBytes
+        #expect(b.count == 136)
+        #expect(Array(b[0..<32]) == codes)
         #expect(dq.parts == PackedParts(layout: dq.layout))
         #expect(dq.parts.scales == 64..<66 && dq.parts.groupScales == 128..<136)
-        #expect(Array(dq.scales) == [0xff, 0x00])
-        #expect(Array(dq.region[128..<136]) == [0x00, 0x00, 0x80, 0x3e, 0x00, 0x00, 0x40, 0x3f])
+        #expect(Array(b[64..<66]) == [0xff, 0x00] && b[66..<128].allSatisfy { $0 == 0 })
+        #expect(Array(b[128..<136]) == [0x00, 0x00, 0x80, 0x3e, 0x00, 0x00, 0x40, 0x3f])
+        #expect(dq.offset == 0.75)
         #expect(dq.decodedScales() == [1.0, 0.25 * -0.99296875 + 0.75])
         #expect(dq.dequantized()[0] == -1)
     }
@@ -61,7 +64,7 @@ let specExample: [Float] = (0..<48).map { i in Float((i * 5) % 17 - 8) / (i < 24
         #expect(q.parts.scales.lowerBound % 64 == 0)
         #expect(q.parts.groupScales.isEmpty == (spec.scaleKind != .dq8))
         #expect(q.parts.groupScales.isEmpty || q.parts.groupScales.lowerBound % 64 == 0)
-        #expect(q.region[q.parts.codes.upperBound..<q.parts.scales.lowerBound].allSatisfy { $0 == 0 })
+        #expect(q.regionBytes[q.parts.codes.upperBound..<q.parts.scales.lowerBound].allSatisfy { $0 == 0 })
     }
 
     @Test(arguments: specs)
@@ -76,7 +79,7 @@ let specExample: [Float] = (0..<48).map { i in Float((i * 5) % 17 - 8) / (i < 24
             }
         }
         let pieces = encoder.finish()
-        #expect(Array(pieces.region) == Array(whole.region))
+        #expect(pieces.regionBytes == whole.regionBytes)
     }
 
     @Test func zeroTensorComesBackAsZeros() throws {
