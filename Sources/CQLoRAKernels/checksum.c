@@ -91,17 +91,42 @@ static uint64_t converge(const uint64_t v[4]) {
     return h;
 }
 
-uint64_t qk_xxh64(const void *data, size_t len, uint64_t seed) {
+void qk_xxh64_reset(qk_xxh64_state *s, uint64_t seed) {
+    memset(s, 0, sizeof *s);
+    s->v[0] = seed + P1 + P2;
+    s->v[1] = seed + P2;
+    s->v[2] = seed;
+    s->v[3] = seed - P1;
+    s->seed = seed;
+}
+
+void qk_xxh64_update(qk_xxh64_state *s, const void *data, size_t len) {
     const uint8_t *p = (const uint8_t *)data;
-    uint64_t h;
-    size_t done = 0;
-    if (len >= 32) {
-        uint64_t v[4] = {seed + P1 + P2, seed + P2, seed, seed - P1};
-        done = consume_stripes(v, p, len);
-        h = converge(v);
-    } else {
-        h = seed + P5;
+    s->total_len += len;
+    if (s->buffered > 0) {  // top up a partial stripe first
+        size_t take = 32 - s->buffered < len ? 32 - s->buffered : len;
+        memcpy(s->buffer + s->buffered, p, take);
+        s->buffered += (uint32_t)take;
+        p += take;
+        len -= take;
+        if (s->buffered < 32) return;
+        consume_stripes(s->v, s->buffer, 32);
+        s->buffered = 0;
     }
-    h += (uint64_t)len;
-    return finish(h, p + done, len - done);
+    size_t done = consume_stripes(s->v, p, len);
+    memcpy(s->buffer, p + done, len - done);
+    s->buffered = (uint32_t)(len - done);
+}
+
+uint64_t qk_xxh64_digest(const qk_xxh64_state *s) {
+    uint64_t h = s->total_len >= 32 ? converge(s->v) : s->seed + P5;
+    h += s->total_len;
+    return finish(h, s->buffer, s->buffered);
+}
+
+uint64_t qk_xxh64(const void *data, size_t len, uint64_t seed) {
+    qk_xxh64_state s;
+    qk_xxh64_reset(&s, seed);
+    qk_xxh64_update(&s, data, len);
+    return qk_xxh64_digest(&s);
 }

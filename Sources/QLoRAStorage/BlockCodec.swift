@@ -24,25 +24,30 @@ public struct PackedParts: Hashable, Sendable {
     }
 }
 
-/// A 64-byte-aligned, zero-filled allocation that backs tensors built in memory
-/// (quantized on the fly, decompressed, or converted to fp32).
+/// A zero-filled allocation that backs tensors built in memory (quantized on the
+/// fly, decompressed, or converted to fp32). It is mapped straight from the kernel
+/// (page-aligned, so 64-byte aligned too) and unmapped on release: malloc would keep
+/// freed multi-MB blocks in its heap, and a quantizer allocating one per tensor
+/// would see its resident memory creep up over a large model.
 public final class AlignedBuffer: @unchecked Sendable {
     public let count: Int
     public let base: UnsafeMutableRawPointer
+    private let mapped: Int
 
     /// Returns nil when the memory cannot be had, so sizes read from files fail
     /// with an error instead of a crash.
     public init?(count: Int) {
-        var p: UnsafeMutableRawPointer?
-        guard count >= 0, posix_memalign(&p, PackedCheckpointFormat.alignment, Swift.max(count, 1)) == 0, let p else {
+        guard count >= 0 else { return nil }
+        let length = Swift.max(count, 1)
+        guard let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
             return nil
         }
-        memset(p, 0, Swift.max(count, 1))
         self.count = count
+        mapped = length
         base = p
     }
 
-    deinit { free(base) }
+    deinit { munmap(base, mapped) }
 
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
 }
@@ -162,17 +167,18 @@ public enum BlockCodecError: Error, LocalizedError, Equatable {
 }
 
 /// Quantizes a tensor piece by piece, so a caller converting a large fp16/bf16 weight
-/// needs only a small fp32 buffer. Chunks must hold whole blocks (a multiple of the
-/// block size), except the last; the result is identical to quantizing in one go.
-public final class BlockEncoder {
+/// needs only a small fp32 buffer, and pieces can be encoded on several threads.
+/// The result is identical to quantizing in one go.
+public final class BlockEncoder: @unchecked Sendable {
     public let spec: QuantSpec
     public let shape: [Int]
     public let layout: PackedLayout
     public let parts: PackedParts
-    public private(set) var encodedCount = 0
     private let buffer: AlignedBuffer
     /// Exact fp32 absmax per block, kept when the stored scales are not fp32.
-    private var absmax: [Float]
+    private let absmax: AlignedBuffer?
+    private let lock = NSLock()
+    private var encoded = 0
 
     public init(spec: QuantSpec, shape: [Int]) throws {
         guard QuantSpec.blockSizes.contains(spec.blockSize) else { throw BlockCodecError.invalidSpec(spec) }
@@ -184,40 +190,45 @@ public final class BlockEncoder {
         parts = PackedParts(layout: layout)
         guard let buffer = AlignedBuffer(count: parts.size) else { throw BlockCodecError.outOfMemory(bytes: parts.size) }
         self.buffer = buffer
-        absmax = spec.scaleKind == .f32 ? [] : [Float](repeating: 0, count: layout.blocks)
+        if spec.scaleKind == .f32 {
+            absmax = nil
+        } else {
+            guard let a = AlignedBuffer(count: layout.blocks * 4) else { throw BlockCodecError.outOfMemory(bytes: layout.blocks * 4) }
+            absmax = a
+        }
     }
 
-    public func encode(_ chunk: UnsafeBufferPointer<Float>) {
+    /// Encodes `chunk` as the flat elements `start ..< start + chunk.count`. `start`
+    /// must be a multiple of the block size, and so must the chunk's length unless it
+    /// ends the tensor. Disjoint chunks may be encoded in any order, concurrently.
+    public func encode(_ chunk: UnsafeBufferPointer<Float>, at start: Int) {
         let B = spec.blockSize
-        precondition(encodedCount % B == 0, "[BlockEncoder] a previous chunk was not a whole number of blocks")
-        precondition(encodedCount + chunk.count <= layout.count, "[BlockEncoder] more elements than the shape holds")
+        precondition(start % B == 0 && start >= 0, "[BlockEncoder] chunk starts inside a block")
+        precondition(start + chunk.count <= layout.count, "[BlockEncoder] more elements than the shape holds")
+        precondition(chunk.count % B == 0 || start + chunk.count == layout.count, "[BlockEncoder] chunk ends inside a block")
         guard let x = chunk.baseAddress, chunk.count > 0 else { return }
-        let firstBlock = encodedCount / B
+        let firstBlock = start / B
         let codes = (buffer.base + firstBlock * layout.bytesPerBlock).assumingMemoryBound(to: UInt8.self)
-        if spec.scaleKind == .f32 {
-            let out = (buffer.base + parts.scales.lowerBound).assumingMemoryBound(to: Float.self) + firstBlock
-            qk_quantize(codes, out, x, Int64(chunk.count), spec.type.code, Int32(B))
-        } else {
-            absmax.withUnsafeMutableBufferPointer {
-                qk_quantize(codes, $0.baseAddress! + firstBlock, x, Int64(chunk.count), spec.type.code, Int32(B))
-            }
-        }
-        encodedCount += chunk.count
+        let scales = (absmax?.base ?? buffer.base + parts.scales.lowerBound).assumingMemoryBound(to: Float.self) + firstBlock
+        qk_quantize(codes, scales, x, Int64(chunk.count), spec.type.code, Int32(B))
+        lock.withLock { encoded += chunk.count }
     }
 
     /// Stores the scales and hands the tensor over; the encoder is spent afterwards.
     public func finish() -> QuantizedTensor {
-        precondition(encodedCount == layout.count, "[BlockEncoder] \(encodedCount) of \(layout.count) elements encoded")
+        precondition(lock.withLock { encoded } == layout.count, "[BlockEncoder] \(encoded) of \(layout.count) elements encoded")
         let n = Int64(layout.blocks)
-        switch spec.scaleKind {
-        case .f32: break
-        case .f16:
-            qk_f32_to_f16((buffer.base + parts.scales.lowerBound).assumingMemoryBound(to: UInt16.self), absmax, n)
-        case .dq8:
-            let groups = (buffer.base + parts.groupScales.lowerBound).assumingMemoryBound(to: Float.self)
-            let offset = (buffer.base + parts.groupScales.upperBound - 4).assumingMemoryBound(to: Float.self)
-            qk_double_quantize((buffer.base + parts.scales.lowerBound).assumingMemoryBound(to: UInt8.self),
-                               groups, offset, absmax, n)
+        if let absmax {
+            let exact = absmax.base.assumingMemoryBound(to: Float.self)
+            let scales = buffer.base + parts.scales.lowerBound
+            switch spec.scaleKind {
+            case .f32: break
+            case .f16: qk_f32_to_f16(scales.assumingMemoryBound(to: UInt16.self), exact, n)
+            case .dq8:
+                let groups = (buffer.base + parts.groupScales.lowerBound).assumingMemoryBound(to: Float.self)
+                let offset = (buffer.base + parts.groupScales.upperBound - 4).assumingMemoryBound(to: Float.self)
+                qk_double_quantize(scales.assumingMemoryBound(to: UInt8.self), groups, offset, exact, n)
+            }
         }
         return QuantizedTensor(spec: spec, shape: shape, region: buffer.bytes, owner: buffer)
     }
@@ -229,7 +240,7 @@ public enum BlockCodec {
     public static func quantize(_ x: UnsafeBufferPointer<Float>, shape: [Int], spec: QuantSpec) throws -> QuantizedTensor {
         let encoder = try BlockEncoder(spec: spec, shape: shape)
         precondition(x.count == encoder.layout.count, "[BlockCodec] \(x.count) values for shape \(shape)")
-        encoder.encode(x)
+        encoder.encode(x, at: 0)
         return encoder.finish()
     }
 

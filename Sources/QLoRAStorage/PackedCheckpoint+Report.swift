@@ -73,7 +73,6 @@ extension PackedCheckpoint {
         func check(_ name: String, _ range: Range<Int>, _ body: () throws -> Void) -> String {
             guard verify else { return "unchecked" }
             defer {
-                file.release(range)
                 done += range.count
                 progress?(done, total)
             }

@@ -30,6 +30,20 @@ public enum PackedCheckpointFormat {
         qk_xxh64(bytes.baseAddress, bytes.count, 0)
     }
 
+    /// XXH64 (seed 0) over bytes given in pieces: equal to `xxh64` of their concatenation.
+    public struct Hasher: Sendable {
+        private var state = qk_xxh64_state()
+
+        public init() { qk_xxh64_reset(&state, 0) }
+
+        public mutating func update(_ bytes: UnsafeRawBufferPointer) {
+            guard let p = bytes.baseAddress, bytes.count > 0 else { return }
+            qk_xxh64_update(&state, p, bytes.count)
+        }
+
+        public var digest: UInt64 { withUnsafePointer(to: state) { qk_xxh64_digest($0) } }
+    }
+
     public static func hex(_ checksum: UInt64) -> String {
         let digits = String(checksum, radix: 16)
         return String(repeating: "0", count: 16 - digits.count) + digits

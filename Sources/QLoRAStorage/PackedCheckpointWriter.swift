@@ -69,7 +69,12 @@ public final class PackedCheckpointWriter {
     }
 
     /// Adds an unquantized tensor: `bytes` are its little-endian elements, row-major.
-    public func add(name: String, dtype: TensorDType, shape: [Int], bytes: UnsafeRawBufferPointer) throws {
+    /// - Parameter written: called with each range of `bytes` once it is in the file,
+    ///   so a caller reading `bytes` from a memory map can inspect those pages and drop
+    ///   them as it goes (`MappedFile.release`), keeping resident memory flat on large
+    ///   tensors. If it throws, the error is passed on and the writer must be abandoned.
+    public func add(name: String, dtype: TensorDType, shape: [Int], bytes: UnsafeRawBufferPointer,
+                    written: ((Range<Int>) throws -> Void)? = nil) throws {
         guard TensorDType.floatWeightTypes.contains(dtype) else {
             throw PackedCheckpointError.invalidInput(url, reason: "tensor \"\(name)\" has dtype \(dtype.rawValue); only F32, F16 and BF16 are stored")
         }
@@ -79,7 +84,7 @@ public final class PackedCheckpointWriter {
         }
         try claim(name)
         try addRegion(bytes, name: name, shape: shape, dtype: dtype.rawValue, blockSize: nil, scaleKind: nil,
-                      parts: ["data": 0..<bytes.count])
+                      parts: ["data": 0..<bytes.count], written: written)
     }
 
     /// Appends the header and footer, flushes and moves the file into place.
@@ -107,30 +112,55 @@ public final class PackedCheckpointWriter {
         }
     }
 
+    /// Regions are hashed, compressed and written a slice at a time, so the bytes are
+    /// read once and (with `written`) need not all be resident at once.
+    private static let slice = 8 << 20
+
     private func addRegion(_ region: UnsafeRawBufferPointer, name: String, shape: [Int], dtype: String,
-                           blockSize: Int?, scaleKind: String?, parts: [String: Range<Int>]) throws {
+                           blockSize: Int?, scaleKind: String?, parts: [String: Range<Int>],
+                           written: ((Range<Int>) throws -> Void)? = nil) throws {
         try out.pad(to: PackedCheckpointFormat.alignment)
         let offset = out.offset
-        var stored = region
-        var frame: AlignedBuffer?
+        var checksum: UInt64
+        var length = region.count
+        var isCompressed = false
         if compress, region.count > 0 {
+            // The frame buffer is mapped lazily: only the compressed bytes become resident.
             let bound = ZSTD_compressBound(region.count)
             guard let buffer = AlignedBuffer(count: bound) else {
                 throw PackedCheckpointError.outOfMemory(url, name: name, bytes: bound)
             }
-            let n = try zstd.compress(region, into: buffer, name: name)
+            let n = try zstd.compress(region, into: buffer, slice: Self.slice, name: name, consumed: written)
             if n < region.count {
-                frame = buffer
-                stored = UnsafeRawBufferPointer(start: buffer.base, count: n)
+                let frame = UnsafeRawBufferPointer(start: buffer.base, count: n)
+                checksum = PackedCheckpointFormat.xxh64(frame)
+                try withExtendedLifetime(buffer) { try out.write(frame) }
+                length = n
+                isCompressed = true
+            } else {
+                checksum = try writeSlices(region, written: nil)
             }
+        } else {
+            checksum = try writeSlices(region, written: written)
         }
-        let checksum = PackedCheckpointFormat.xxh64(stored)
-        try withExtendedLifetime(frame) { try out.write(stored) }
         header.tensors.append(.init(
             name: name, shape: shape, dtype: dtype, blockSize: blockSize, scaleKind: scaleKind,
-            offset: offset, length: stored.count, size: region.count,
+            offset: offset, length: length, size: region.count,
             parts: parts.mapValues { [$0.lowerBound, $0.upperBound] },
-            compression: frame == nil ? nil : "zstd", xxh64: PackedCheckpointFormat.hex(checksum)))
+            compression: isCompressed ? "zstd" : nil, xxh64: PackedCheckpointFormat.hex(checksum)))
+    }
+
+    /// Writes `region` as stored bytes; returns their checksum.
+    private func writeSlices(_ region: UnsafeRawBufferPointer, written: ((Range<Int>) throws -> Void)?) throws -> UInt64 {
+        var hasher = PackedCheckpointFormat.Hasher()
+        for start in stride(from: 0, to: region.count, by: Self.slice) {
+            let range = start..<min(region.count, start + Self.slice)
+            let piece = UnsafeRawBufferPointer(rebasing: region[range])
+            hasher.update(piece)
+            try out.write(piece)
+            try written?(range)
+        }
+        return hasher.digest
     }
 }
 
@@ -150,12 +180,31 @@ private final class Compressor {
 
     deinit { ZSTD_freeCCtx(context) }
 
-    /// Compresses `source` into `buffer` (at least ZSTD_compressBound bytes); returns the frame length.
-    func compress(_ source: UnsafeRawBufferPointer, into buffer: AlignedBuffer, name: String) throws -> Int {
-        let n = ZSTD_compress2(context, buffer.base, buffer.count, source.baseAddress, source.count)
-        if ZSTD_isError(n) != 0 {
-            throw PackedCheckpointError.invalidInput(url, reason: "zstd failed on \"\(name)\": \(String(cString: ZSTD_getErrorName(n)))")
+    /// Compresses `source` into one frame in `buffer` (ZSTD_compressBound bytes, which
+    /// zstd guarantees is enough), feeding it `slice` bytes at a time and calling
+    /// `consumed` with each range once zstd has taken it. Returns the frame's length.
+    func compress(_ source: UnsafeRawBufferPointer, into buffer: AlignedBuffer, slice: Int, name: String,
+                  consumed: ((Range<Int>) throws -> Void)?) throws -> Int {
+        ZSTD_CCtx_reset(context, ZSTD_reset_session_only)
+        // Known up front, so the frame header records the content size readers check.
+        ZSTD_CCtx_setPledgedSrcSize(context, UInt64(source.count))
+        var output = ZSTD_outBuffer(dst: buffer.base, size: buffer.count, pos: 0)
+        for start in stride(from: 0, to: source.count, by: slice) {
+            let range = start..<min(source.count, start + slice)
+            let last = range.upperBound == source.count
+            var input = ZSTD_inBuffer(src: source.baseAddress! + start, size: range.count, pos: 0)
+            while true {
+                let left = ZSTD_compressStream2(context, &output, &input, last ? ZSTD_e_end : ZSTD_e_continue)
+                if ZSTD_isError(left) != 0 {
+                    throw PackedCheckpointError.invalidInput(url, reason: "zstd failed on \"\(name)\": \(String(cString: ZSTD_getErrorName(left)))")
+                }
+                if last ? left == 0 : input.pos == input.size { break }
+                if output.pos == output.size {
+                    throw PackedCheckpointError.invalidInput(url, reason: "zstd output of \"\(name)\" outgrew its bound")
+                }
+            }
+            try consumed?(range)
         }
-        return n
+        return output.pos
     }
 }

@@ -153,12 +153,14 @@ public enum Quantizer {
                 record.error = error
                 overall.merge(error)
             } else {
-                if !options.allowNonFinite { try checkFinite(location) }
-                try writer.add(name: info.name, dtype: info.dtype, shape: info.shape, bytes: location.file.file.bytes(info.byteRange))
-                state.advance(info.byteRange.count)
+                // Streamed from the map: each slice is checked once written, then its pages dropped.
+                let source = location.file.file, start = info.byteRange.lowerBound
+                try writer.add(name: info.name, dtype: info.dtype, shape: info.shape, bytes: source.bytes(info.byteRange)) { written in
+                    if !options.allowNonFinite { try checkFinite(location, bytes: written) }
+                    source.release((start + written.lowerBound)..<(start + written.upperBound))
+                    state.advance(written.count)
+                }
             }
-            // Done with this tensor: drop its source pages from our resident set.
-            location.file.file.release(info.byteRange)
             records.append(record)
         }
         try writer.finish()
@@ -167,53 +169,98 @@ public enum Quantizer {
                                sourceBytes: bytesTotal, fileBytes: fileBytes ?? writer.bytesWritten, error: overall)
     }
 
-    /// Quantizes one tensor chunk by chunk, then measures it against the source in a
-    /// second pass (the stored scales, DQ8 in particular, exist only at the end).
+    /// Quantizes one tensor chunk by chunk, a batch of chunks at a time on all cores,
+    /// then measures it against the source in a second pass (the stored scales, DQ8
+    /// in particular, exist only at the end).
     private static func pack(_ location: TensorLocation, spec: QuantSpec, allowNonFinite: Bool,
                              progress: inout Progress) throws -> (QuantizedTensor, ReconstructionError) {
         let info = location.info, file = location.file
         let encoder = try BlockEncoder(spec: spec, shape: info.shape)
         let chunk = min(chunkElements, info.count)
-        var x = [Float](repeating: 0, count: chunk)
-        let bytesPerElement = info.dtype.byteSize
-        try x.withUnsafeMutableBufferPointer { x in
-            for start in stride(from: 0, to: info.count, by: chunk) {
-                let n = min(chunk, info.count - start)
-                try file.readFloats(info.name, elements: start..<(start + n), into: x)
-                if !allowNonFinite {
-                    let k = Int(qk_find_nonfinite(x.baseAddress!, Int64(n)))
-                    if k >= 0 {
-                        throw QuantizerError.nonFinite(file.url, tensor: info.name, index: start + k, shape: info.shape, value: x[k])
+        let chunks = (info.count + chunk - 1) / chunk
+        let workers = max(1, min(ProcessInfo.processInfo.activeProcessorCount, chunks))
+        // Per worker: the chunk in fp32, then room for its dequantized blocks (padding included).
+        let stride = chunk + spec.blockSize
+        guard let scratch = AlignedBuffer(count: 2 * workers * stride * 4) else {
+            throw BlockCodecError.outOfMemory(bytes: 2 * workers * stride * 4)
+        }
+        let floats = scratch.base.assumingMemoryBound(to: Float.self)
+        func elements(_ c: Int) -> Range<Int> { (c * chunk)..<min(info.count, (c + 1) * chunk) }
+
+        // Runs `body(chunk, x, y)` for every chunk, `workers` at a time, with x holding
+        // the chunk's elements in fp32 and y the worker's second buffer; returns each
+        // chunk's result in chunk order, and calls `after` with each batch done.
+        func forEachChunk<R>(_ body: (Int, UnsafeMutableBufferPointer<Float>, UnsafeMutablePointer<Float>) throws -> R,
+                             after: (Range<Int>) -> Void) throws -> [R] {
+            var results: [R] = []
+            for first in Swift.stride(from: 0, to: chunks, by: workers) {
+                let batch = first..<min(chunks, first + workers)
+                let slots = UnsafeMutableBufferPointer<Result<R, Error>?>.allocate(capacity: batch.count)
+                slots.initialize(repeating: nil)
+                defer { slots.deallocate() }
+                concurrentForEach(batch.count) { w in
+                    let c = batch.lowerBound + w
+                    let x = UnsafeMutableBufferPointer(start: floats + 2 * w * stride, count: elements(c).count)
+                    slots[w] = Result {
+                        try file.readFloats(info.name, elements: elements(c), into: x)
+                        return try body(c, x, floats + (2 * w + 1) * stride)
                     }
                 }
-                encoder.encode(UnsafeBufferPointer(rebasing: x[0..<n]))
-                progress.advance(n * bytesPerElement)
+                // The lowest failing chunk wins, so errors do not depend on scheduling.
+                for w in 0..<batch.count { results.append(try slots[w]!.get()) }
+                after(batch)
             }
+            return results
         }
-        let q = encoder.finish()
 
-        var error = ReconstructionError()
-        var y = [Float](repeating: 0, count: chunk + spec.blockSize)
-        try x.withUnsafeMutableBufferPointer { x in
-            try y.withUnsafeMutableBufferPointer { y in
-                for start in stride(from: 0, to: info.count, by: chunk) {
-                    let n = min(chunk, info.count - start)
-                    try file.readFloats(info.name, elements: start..<(start + n), into: x)
-                    let first = start / spec.blockSize
-                    q.dequantize(blocks: first..<((start + n + spec.blockSize - 1) / spec.blockSize), into: y.baseAddress!)
-                    error.add(reference: UnsafeBufferPointer(rebasing: x[0..<n]), approximation: UnsafeBufferPointer(rebasing: y[0..<n]),
-                              firstIndex: start)
+        // Each batch's source pages are dropped once read: the second pass finds them in
+        // the page cache, and resident memory stays at a few chunks even for an embedding.
+        let size = info.dtype.byteSize
+        func release(_ batch: Range<Int>) {
+            let first = elements(batch.lowerBound).lowerBound, last = elements(batch.upperBound - 1).upperBound
+            file.file.release((info.byteRange.lowerBound + first * size)..<(info.byteRange.lowerBound + last * size))
+        }
+        _ = try forEachChunk({ c, x, _ in
+            if !allowNonFinite {
+                let k = Int(qk_find_nonfinite(x.baseAddress!, Int64(x.count)))
+                if k >= 0 {
+                    throw QuantizerError.nonFinite(file.url, tensor: info.name, index: c * chunk + k, shape: info.shape, value: x[k])
                 }
             }
-        }
-        return (q, error)
+            encoder.encode(UnsafeBufferPointer(x), at: c * chunk)
+        }, after: { batch in
+            release(batch)
+            progress.advance((elements(batch.upperBound - 1).upperBound - elements(batch.lowerBound).lowerBound) * size)
+        })
+        let q = encoder.finish()
+
+        let parts = try forEachChunk({ c, x, y in
+            let range = elements(c)
+            let blocks = (range.lowerBound / spec.blockSize)..<((range.upperBound + spec.blockSize - 1) / spec.blockSize)
+            q.dequantize(blocks: blocks, into: y)
+            var e = ReconstructionError()
+            e.add(reference: UnsafeBufferPointer(x), approximation: UnsafeBufferPointer(start: y, count: x.count), firstIndex: range.lowerBound)
+            return e
+        }, after: release)
+        let error = parts.reduce(into: ReconstructionError()) { $0.merge($1) }
+        return (withExtendedLifetime(scratch) { q }, error)
     }
 
-    private static func checkFinite(_ location: TensorLocation) throws {
-        do {
-            try location.file.checkFinite(location.info.name)
-        } catch let SafetensorsError.nonFinite(url, tensor, index, value) {
-            throw QuantizerError.nonFinite(url, tensor: tensor, index: index, shape: location.info.shape, value: value)
+    /// Throws `nonFinite` for the first NaN or ±Inf among the tensor's bytes `bytes`
+    /// (relative to the tensor; whole elements).
+    private static func checkFinite(_ location: TensorLocation, bytes: Range<Int>) throws {
+        let info = location.info, size = info.dtype.byteSize
+        let elements = (bytes.lowerBound / size)..<(bytes.upperBound / size)
+        guard !elements.isEmpty else { return }
+        try withUnsafeTemporaryAllocation(of: Float.self, capacity: min(chunkElements, elements.count)) { x in
+            for start in stride(from: elements.lowerBound, to: elements.upperBound, by: x.count) {
+                let n = min(x.count, elements.upperBound - start)
+                try location.file.readFloats(info.name, elements: start..<(start + n), into: x)
+                let k = Int(qk_find_nonfinite(x.baseAddress!, Int64(n)))
+                if k >= 0 {
+                    throw QuantizerError.nonFinite(location.file.url, tensor: info.name, index: start + k, shape: info.shape, value: x[k])
+                }
+            }
         }
     }
 
@@ -247,4 +294,19 @@ public enum Quantizer {
             report?(QuantizeProgress(tensor: name, tensorIndex: index, tensorCount: count, bytesDone: done, bytesTotal: total))
         }
     }
+}
+
+/// Runs `body(i)` for i in 0..<n on all cores and returns when every call has.
+/// The calls must touch disjoint memory; that is what makes the unchecked
+/// Sendable wrapper below sound.
+private func concurrentForEach(_ n: Int, _ body: (Int) -> Void) {
+    withoutActuallyEscaping(body) { body in
+        let task = UncheckedSendable(body)
+        DispatchQueue.concurrentPerform(iterations: n) { task.value($0) }
+    }
+}
+
+private struct UncheckedSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
 }

@@ -130,6 +130,21 @@ struct Sample {
         #expect(PackedCheckpointFormat.hex(0xab) == "00000000000000ab")
     }
 
+    @Test func hashingInPiecesEqualsOneCall() {
+        var rng = SeededGenerator(seed: 9)
+        let bytes = (0..<5000).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        bytes.withUnsafeBytes { all in
+            for piece in [1, 3, 31, 32, 33, 100, 4999] {
+                var hasher = PackedCheckpointFormat.Hasher()
+                for start in stride(from: 0, to: all.count, by: piece) {
+                    hasher.update(UnsafeRawBufferPointer(rebasing: all[start..<min(all.count, start + piece)]))
+                }
+                #expect(hasher.digest == PackedCheckpointFormat.xxh64(all), "pieces of \(piece)")
+            }
+        }
+        #expect(PackedCheckpointFormat.Hasher().digest == 0xef46_db37_51d8_e999)
+    }
+
     // MARK: - Writing fails cleanly
 
     @Test func diskFullLeavesNoFileAndKeepsTheOldOne() throws {

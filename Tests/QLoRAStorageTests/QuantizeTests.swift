@@ -11,11 +11,14 @@ let storiesDirectory = URL(fileURLWithPath: #filePath)
     .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     .appendingPathComponent("Sources/QLoRAKit/Resources/stories260K", isDirectory: true)
 
-/// A one-block Llama whose projections hold whole groups of 256 blocks of 64, so
-/// NF4/64/DQ8 costs exactly QLoRA's 4 + 8/64 + 32/(64·256) bits plus the offsets.
+/// A one-block Llama. With the default intermediate size its projections hold whole
+/// groups of 256 blocks of 64, so NF4/64/DQ8 costs exactly QLoRA's 4 + 8/64 + 32/(64·256)
+/// bits plus the offsets; 2304 makes the MLP weights span two quantizer chunks.
 /// `edit` may change the fp32 values of any tensor before they are written.
-func writeSyntheticModel(to dir: URL, edit: (String, inout [Float]) -> Void = { _, _ in }) throws -> LlamaConfiguration {
-    let config = LlamaConfiguration(hiddenSize: 128, intermediateSize: 256, hiddenLayers: 1, attentionHeads: 4, vocabularySize: 128)
+func writeSyntheticModel(to dir: URL, intermediateSize: Int = 256,
+                         edit: (String, inout [Float]) -> Void = { _, _ in }) throws -> LlamaConfiguration {
+    let config = LlamaConfiguration(hiddenSize: 128, intermediateSize: intermediateSize, hiddenLayers: 1, attentionHeads: 4,
+                                    vocabularySize: 128)
     try JSONEncoder().encode(config).write(to: dir.appendingPathComponent("config.json"))
     var rng = SeededGenerator(seed: 5)
     var writer = SafetensorsWriter()
@@ -85,12 +88,35 @@ func writeSyntheticModel(to dir: URL, edit: (String, inout [Float]) -> Void = { 
         #expect(report.checksumFailures.isEmpty && report.verified)
     }
 
+    @Test func tensorsOfSeveralChunksMatchOneCallQuantization() throws {
+        let dir = try SafetensorsScratch.directory()
+        defer { SafetensorsScratch.remove(dir) }
+        _ = try writeSyntheticModel(to: dir, intermediateSize: 2304)
+        let source = try HFCheckpoint(directory: dir)
+        for spec in [QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8), QuantSpec(type: .int8, blockSize: 256, scaleKind: .f16)] {
+            let url = dir.appendingPathComponent("m.qlora")
+            let summary = try Quantizer.quantize(modelDirectory: dir, output: url, options: QuantizeOptions(spec: spec))
+            let packed = try PackedCheckpoint(url: url)
+            let down = try packed.info("model.layers.0.mlp.down_proj.weight")
+            #expect(down.count == 128 * 2304 && down.count > 262_144)
+            for info in packed.tensors where info.isQuantized {
+                let original = try source.floats(info.name)
+                let expected = try BlockCodec.quantize(original, shape: info.shape, spec: spec)
+                #expect(try packed.quantized(info.name).regionBytes == expected.regionBytes, "\(info.name)")
+                let error = original.withUnsafeBufferPointer { BlockCodec.error(of: expected, reference: $0) }
+                let reported = try #require(summary.tensors.first { $0.name == info.name }?.error)
+                #expect(reported.count == error.count && reported.maxAbs == error.maxAbs && reported.maxAbsIndex == error.maxAbsIndex)
+                #expect(abs(reported.rms - error.rms) <= 1e-9 * error.rms)
+            }
+        }
+    }
+
     @Test func nonFiniteWeightIsRefusedByNameAndIndex() throws {
         let dir = try SafetensorsScratch.directory()
         defer { SafetensorsScratch.remove(dir) }
-        let target = "model.layers.0.mlp.up_proj.weight"  // [256, 128]
-        _ = try writeSyntheticModel(to: dir) { name, values in
-            if name == target { values[9 * 128 + 82] = .nan }
+        let target = "model.layers.0.mlp.up_proj.weight"  // [2304, 128]: element 270,000 is in its second chunk
+        _ = try writeSyntheticModel(to: dir, intermediateSize: 2304) { name, values in
+            if name == target { values[2109 * 128 + 48] = .nan }
         }
         let url = dir.appendingPathComponent("model.qlora")
         let spec = QuantSpec(type: .nf4, blockSize: 64)
@@ -101,8 +127,8 @@ func writeSyntheticModel(to dir: URL, edit: (String, inout [Float]) -> Void = { 
             Issue.record("expected a non-finite error, got \(String(describing: error))")
             return
         }
-        #expect(tensor == target && index == 9 * 128 + 82 && value.isNaN)
-        #expect(error?.localizedDescription.contains("row 9, column 82") == true)
+        #expect(tensor == target && index == 270_000 && value.isNaN)
+        #expect(error?.localizedDescription.contains("element 270000 (row 2109, column 48)") == true)
         #expect(!FileManager.default.fileExists(atPath: url.path))
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.contains(".qlora") }.isEmpty)
 
@@ -116,11 +142,15 @@ func writeSyntheticModel(to dir: URL, edit: (String, inout [Float]) -> Void = { 
         _ = try writeSyntheticModel(to: dir) { name, values in
             if name == "model.norm.weight" { values[3] = -.infinity }
         }
-        #expect(throws: QuantizerError.nonFinite(dir.appendingPathComponent("model.safetensors"), tensor: "model.norm.weight",
-                                                 index: 3, shape: [128], value: -.infinity)) {
-            try Quantizer.quantize(modelDirectory: dir, output: dir.appendingPathComponent("m.qlora"),
-                                   options: QuantizeOptions(spec: QuantSpec(type: .int8, blockSize: 32)))
+        // Unquantized tensors are checked while they stream out, compressed or not.
+        for compress in [false, true] {
+            #expect(throws: QuantizerError.nonFinite(dir.appendingPathComponent("model.safetensors"), tensor: "model.norm.weight",
+                                                     index: 3, shape: [128], value: -.infinity)) {
+                try Quantizer.quantize(modelDirectory: dir, output: dir.appendingPathComponent("m.qlora"),
+                                       options: QuantizeOptions(spec: QuantSpec(type: .int8, blockSize: 32), compress: compress))
+            }
         }
+        #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("m.qlora").path))
     }
 
     @Test func compressedFileReadsBackEqual() throws {

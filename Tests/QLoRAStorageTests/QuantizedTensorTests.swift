@@ -74,8 +74,9 @@ let specExample: [Float] = (0..<48).map { i in Float((i * 5) % 17 - 8) / (i < 24
         let whole = try BlockCodec.quantize(x, shape: [1000], spec: spec)
         let encoder = try BlockEncoder(spec: spec, shape: [1000])
         x.withUnsafeBufferPointer { p in
-            for start in stride(from: 0, to: 1000, by: 96) {
-                encoder.encode(UnsafeBufferPointer(rebasing: p[start..<min(1000, start + 96)]))
+            // Out of order, as the quantizer's threads may finish.
+            for start in stride(from: 0, to: 1000, by: 96).reversed() {
+                encoder.encode(UnsafeBufferPointer(rebasing: p[start..<min(1000, start + 96)]), at: start)
             }
         }
         let pieces = encoder.finish()
