@@ -29,14 +29,14 @@ public struct PackedParts: Hashable, Sendable {
 /// (page-aligned, so 64-byte aligned too) and unmapped on release: malloc would keep
 /// freed multi-MB blocks in its heap, and a quantizer allocating one per tensor
 /// would see its resident memory creep up over a large model.
-public final class AlignedBuffer: @unchecked Sendable {
-    public let count: Int
-    public let base: UnsafeMutableRawPointer
+final class AlignedBuffer: @unchecked Sendable {
+    let count: Int
+    let base: UnsafeMutableRawPointer
     private let mapped: Int
 
     /// Returns nil when the memory cannot be had, so sizes read from files fail
     /// with an error instead of a crash.
-    public init?(count: Int) {
+    init?(count: Int) {
         guard count >= 0 else { return nil }
         let length = Swift.max(count, 1)
         guard let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
@@ -49,7 +49,7 @@ public final class AlignedBuffer: @unchecked Sendable {
 
     deinit { munmap(base, mapped) }
 
-    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
+    var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
 }
 
 /// A block-quantized tensor: its region bytes (codes, scales, group scales) laid out

@@ -3,8 +3,9 @@ import Foundation
 
 // From a Hugging Face folder to a packed checkpoint, one tensor at a time: each
 // tensor is converted to fp32 a chunk at a time straight from the mapped
-// safetensors file, packed, measured against the original, written, and its
-// source pages dropped, so resident memory stays near the largest single tensor.
+// safetensors file, packed on all cores, measured against the original and
+// written, its source pages dropped behind it, so resident memory stays near one
+// packed tensor plus a few chunks however large the model.
 
 /// What `Quantizer.quantize` does with a model.
 public struct QuantizeOptions: Hashable, Sendable {
@@ -185,6 +186,7 @@ public enum Quantizer {
             throw BlockCodecError.outOfMemory(bytes: 2 * workers * stride * 4)
         }
         let floats = scratch.base.assumingMemoryBound(to: Float.self)
+        defer { withExtendedLifetime(scratch) {} }  // `floats` points into it
         func elements(_ c: Int) -> Range<Int> { (c * chunk)..<min(info.count, (c + 1) * chunk) }
 
         // Runs `body(chunk, x, y)` for every chunk, `workers` at a time, with x holding
@@ -197,7 +199,10 @@ public enum Quantizer {
                 let batch = first..<min(chunks, first + workers)
                 let slots = UnsafeMutableBufferPointer<Result<R, Error>?>.allocate(capacity: batch.count)
                 slots.initialize(repeating: nil)
-                defer { slots.deallocate() }
+                defer {
+                    slots.deinitialize()
+                    slots.deallocate()
+                }
                 concurrentForEach(batch.count) { w in
                     let c = batch.lowerBound + w
                     let x = UnsafeMutableBufferPointer(start: floats + 2 * w * stride, count: elements(c).count)
@@ -243,7 +248,7 @@ public enum Quantizer {
             return e
         }, after: release)
         let error = parts.reduce(into: ReconstructionError()) { $0.merge($1) }
-        return (withExtendedLifetime(scratch) { q }, error)
+        return (q, error)
     }
 
     /// Throws `nonFinite` for the first NaN or ±Inf among the tensor's bytes `bytes`
