@@ -153,6 +153,29 @@ void qk_bf16_to_f32_ref(float *restrict y, const uint16_t *restrict x, int64_t n
 int64_t qk_find_nonfinite(const float *x, int64_t n);
 int64_t qk_find_nonfinite_ref(const float *x, int64_t n);
 
+// ---------------------------------------------------------------------------
+// Checksum (checksum.c): XXH64 as specified by xxHash, used by packed checkpoints
+// ---------------------------------------------------------------------------
+
+/// XXH64 of len bytes (xxHash's 64-bit hash; seed 0 in packed checkpoints).
+uint64_t qk_xxh64(const void *data, size_t len, uint64_t seed);
+
+/// The same hash over data given in pieces (a writer streaming a large tensor).
+/// Treat the fields as opaque.
+typedef struct {
+    uint64_t v[4];
+    uint64_t seed;
+    uint64_t total_len;
+    uint8_t buffer[32];
+    uint32_t buffered;
+    uint32_t reserved;
+} qk_xxh64_state;
+
+void qk_xxh64_reset(qk_xxh64_state *state, uint64_t seed);
+void qk_xxh64_update(qk_xxh64_state *state, const void *data, size_t len);
+/// The hash of everything given so far; the state stays usable.
+uint64_t qk_xxh64_digest(const qk_xxh64_state *state);
+
 #ifdef __cplusplus
 }
 #endif
