@@ -24,10 +24,12 @@ let package = Package(
         .target(name: "QLoRAStorage", dependencies: ["CQLoRAKernels", "CZstd"]),
         // Products with the frozen packed base on all cores.
         .target(name: "QLoRACompute", dependencies: ["QLoRAStorage", "CQLoRAKernels", "COpenBLAS"]),
+        // Llama layers with hand-written forward and backward, adapters attached to the frozen linears.
+        .target(name: "QLoRAModel", dependencies: ["QLoRAStorage", "QLoRACompute", "COpenBLAS"]),
         // The public face: re-exports the modules above and carries the embedded default model.
         .target(
             name: "QLoRAKit",
-            dependencies: ["QLoRAStorage", "QLoRACompute"],
+            dependencies: ["QLoRAStorage", "QLoRACompute", "QLoRAModel"],
             resources: [.copy("Resources/stories260K")]
         ),
         .executableTarget(
@@ -39,5 +41,6 @@ let package = Package(
         .target(name: "_TestSupport", dependencies: ["QLoRAStorage"], path: "Tests/_TestSupport"),
         .testTarget(name: "CQLoRAKernelsTests", dependencies: ["CQLoRAKernels", "_TestSupport"]),
         .testTarget(name: "QLoRAStorageTests", dependencies: ["QLoRAStorage", "_TestSupport"]),
+        .testTarget(name: "QLoRAModelTests", dependencies: ["QLoRAKit", "_TestSupport"]),
     ]
 )

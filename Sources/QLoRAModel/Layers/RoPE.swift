@@ -1,0 +1,77 @@
+import Foundation
+
+/// Rotary position embedding in Hugging Face's rotate_half convention:
+/// element i of a head is paired with element i + hd/2 (not the interleaved
+/// pairs of the original Meta/GPT-J code), and
+///
+///     x_rot = x·cos + rotate_half(x)·sin,   rotate_half(x) = cat(−x[hd/2:], x[:hd/2])
+///
+/// Angles are computed in fp32 exactly as transformers does for rope_type
+/// "default": inv_freq[i] = 1 / theta^(2i/hd) and angle = position · inv_freq[i].
+///
+/// Cache for backward: the cos and sin tables [n, hd/2] of the batch's
+/// positions (shared by every layer, since all layers see the same positions).
+public struct RotaryEmbedding: Sendable {
+    public let headDimension: Int
+    /// inv_freq [hd/2]
+    public let inverseFrequencies: [Float]
+
+    public init(headDimension: Int, theta: Double) {
+        self.headDimension = headDimension
+        let base = Float(theta)
+        inverseFrequencies = (0..<(headDimension / 2)).map { i in
+            1 / Foundation.pow(base, Float(2 * i) / Float(headDimension))
+        }
+    }
+
+    /// Fills cos and sin [n, hd/2] for the given positions [n].
+    public func tables(positions: UnsafePointer<Int32>, count n: Int,
+                       cos: UnsafeMutablePointer<Float>, sin: UnsafeMutablePointer<Float>) {
+        let half = headDimension / 2
+        inverseFrequencies.withUnsafeBufferPointer { f in
+            for t in 0..<n {
+                let p = Float(positions[t])
+                for i in 0..<half {
+                    let angle = p * f[i]
+                    cos[t * half + i] = Foundation.cos(angle)
+                    sin[t * half + i] = Foundation.sin(angle)
+                }
+            }
+        }
+    }
+
+    /// Rotates x [n, heads·hd] in place; head j of row t is x[t, j·hd ..< (j+1)·hd].
+    public func forward(_ x: UnsafeMutablePointer<Float>, rows n: Int, heads: Int,
+                        cos: UnsafePointer<Float>, sin: UnsafePointer<Float>) {
+        let hd = headDimension, half = hd / 2
+        for t in 0..<n {
+            let c = cos + t * half, s = sin + t * half
+            for h in 0..<heads {
+                let p = x + (t * heads + h) * hd
+                for i in 0..<half {
+                    let a = p[i], b = p[i + half]
+                    p[i] = a * c[i] - b * s[i]
+                    p[i + half] = b * c[i] + a * s[i]
+                }
+            }
+        }
+    }
+
+    /// Turns dx_rot [n, heads·hd] into dx in place: the rotation is orthogonal,
+    /// so its backward is the rotation by the negated angle.
+    public func backward(_ dx: UnsafeMutablePointer<Float>, rows n: Int, heads: Int,
+                         cos: UnsafePointer<Float>, sin: UnsafePointer<Float>) {
+        let hd = headDimension, half = hd / 2
+        for t in 0..<n {
+            let c = cos + t * half, s = sin + t * half
+            for h in 0..<heads {
+                let p = dx + (t * heads + h) * hd
+                for i in 0..<half {
+                    let a = p[i], b = p[i + half]
+                    p[i] = a * c[i] + b * s[i]
+                    p[i + half] = b * c[i] - a * s[i]
+                }
+            }
+        }
+    }
+}
