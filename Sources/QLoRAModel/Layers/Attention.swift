@@ -142,22 +142,18 @@ public struct GroupedQueryAttention: Sendable {
     /// log-sum-exp. A row with no visible key (a left-padding query) becomes
     /// all zeros.
     private func softmaxRow(_ s: UnsafeMutablePointer<Float>, query i: Int, length t: Int, mask: UnsafePointer<UInt8>?) -> Float {
-        for j in (i + 1)..<t { s[j] = 0 }
+        maskRow(s, query: i, length: t, mask: mask)
         var m = -Float.infinity
-        for j in 0...i where mask?[j] ?? 1 != 0 { m = max(m, s[j]) }
+        for j in 0...i { m = max(m, s[j]) }
         guard m > -Float.infinity else {
             for j in 0...i { s[j] = 0 }
             return .infinity
         }
         var sum: Float = 0
         for j in 0...i {
-            if mask?[j] ?? 1 != 0 {
-                let e = Foundation.exp(s[j] - m)
-                s[j] = e
-                sum += e
-            } else {
-                s[j] = 0
-            }
+            let e = Foundation.exp(s[j] - m) // exactly 0 where masked
+            s[j] = e
+            sum += e
         }
         let inv = 1 / sum
         for j in 0...i { s[j] *= inv }
@@ -167,9 +163,15 @@ public struct GroupedQueryAttention: Sendable {
     /// Probabilities of score row i from its log-sum-exp; masked entries 0.
     private func probabilitiesRow(_ s: UnsafeMutablePointer<Float>, query i: Int, length t: Int, lse: Float,
                                   mask: UnsafePointer<UInt8>?) {
+        maskRow(s, query: i, length: t, mask: mask)
+        for j in 0...i { s[j] = Foundation.exp(s[j] - lse) }
+    }
+
+    /// Zeroes the scores after the query and sets padded keys to −∞.
+    private func maskRow(_ s: UnsafeMutablePointer<Float>, query i: Int, length t: Int, mask: UnsafePointer<UInt8>?) {
         for j in (i + 1)..<t { s[j] = 0 }
-        for j in 0...i {
-            s[j] = mask?[j] ?? 1 != 0 ? Foundation.exp(s[j] - lse) : 0
+        if let mask {
+            for j in 0...i where mask[j] == 0 { s[j] = -.infinity }
         }
     }
 }

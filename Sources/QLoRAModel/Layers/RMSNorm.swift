@@ -15,24 +15,28 @@ public struct RMSNorm: Sendable {
         self.epsilon = epsilon
     }
 
+    /// Rows per chunk worth a thread.
+    private var rowGrain: Int { max(1, (1 << 16) / max(dimension, 1)) }
+
     /// - Parameters:
     ///   - x: [n, C]
     ///   - y: [n, C] output
     ///   - rstd: [n] output, cached for backward
     public func forward(_ x: UnsafePointer<Float>, rows n: Int,
                         into y: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>) {
-        let c = dimension
+        let c = dimension, eps = epsilon
         weight.withUnsafeBufferPointer { wb in
             let w = wb.baseAddress!
-            for row in 0..<n {
-                let xr = x + row * c, yr = y + row * c
-                // Double accumulation keeps the mean as exact as torch's pairwise sum at any width.
-                var sum: Double = 0
-                for i in 0..<c { sum += Double(xr[i]) * Double(xr[i]) }
-                let variance = Float(sum / Double(c))
-                let r = 1 / (variance + epsilon).squareRoot()
-                rstd[row] = r
-                for i in 0..<c { yr[i] = w[i] * (xr[i] * r) }
+            Parallel.forEachChunk(n, grain: rowGrain) { _, rows in
+                for row in rows {
+                    let xr = x + row * c, yr = y + row * c
+                    // Double accumulation keeps the mean as exact as torch's pairwise sum at any width.
+                    var sum: Double = 0
+                    for i in 0..<c { sum += Double(xr[i]) * Double(xr[i]) }
+                    let r = 1 / (Float(sum / Double(c)) + eps).squareRoot()
+                    rstd[row] = r
+                    for i in 0..<c { yr[i] = w[i] * (xr[i] * r) }
+                }
             }
         }
     }
@@ -50,16 +54,18 @@ public struct RMSNorm: Sendable {
         let c = dimension
         weight.withUnsafeBufferPointer { wb in
             let w = wb.baseAddress!
-            for row in 0..<n {
-                let xr = x + row * c, dyr = dy + row * c, dxr = dx + row * c
-                let r = rstd[row]
-                var dot: Double = 0
-                for i in 0..<c { dot += Double(w[i] * dyr[i]) * Double(xr[i]) }
-                let k = Float(dot / Double(c)) * r * r
-                if accumulate {
-                    for i in 0..<c { dxr[i] += r * (w[i] * dyr[i] - xr[i] * k) }
-                } else {
-                    for i in 0..<c { dxr[i] = r * (w[i] * dyr[i] - xr[i] * k) }
+            Parallel.forEachChunk(n, grain: rowGrain) { _, rows in
+                for row in rows {
+                    let xr = x + row * c, dyr = dy + row * c, dxr = dx + row * c
+                    let r = rstd[row]
+                    var dot: Double = 0
+                    for i in 0..<c { dot += Double(w[i] * dyr[i]) * Double(xr[i]) }
+                    let k = Float(dot / Double(c)) * r * r
+                    if accumulate {
+                        for i in 0..<c { dxr[i] += r * (w[i] * dyr[i] - xr[i] * k) }
+                    } else {
+                        for i in 0..<c { dxr[i] = r * (w[i] * dyr[i] - xr[i] * k) }
+                    }
                 }
             }
         }

@@ -6,11 +6,14 @@ import Foundation
 ///
 /// Cache for backward: g and u [n, F], the two projection outputs.
 public enum SwiGLU {
+    /// Elements per chunk worth a thread (an exp each).
+    static let elementwiseGrain = 1 << 14
+
     /// a [count] = silu(g) ⊙ u, with silu(g) = g / (1 + e^−g) as torch computes it.
     public static func forward(gate g: UnsafePointer<Float>, up u: UnsafePointer<Float>, count: Int,
                                into a: UnsafeMutablePointer<Float>) {
-        for i in 0..<count {
-            a[i] = g[i] / (1 + Foundation.exp(-g[i])) * u[i]
+        Parallel.forEachChunk(count, grain: elementwiseGrain) { _, range in
+            for i in range { a[i] = g[i] / (1 + Foundation.exp(-g[i])) * u[i] }
         }
     }
 
@@ -19,11 +22,13 @@ public enum SwiGLU {
     public static func backward(_ da: UnsafePointer<Float>, gate g: UnsafePointer<Float>, up u: UnsafePointer<Float>,
                                 count: Int, gateGradient dg: UnsafeMutablePointer<Float>,
                                 upGradient du: UnsafeMutablePointer<Float>) {
-        for i in 0..<count {
-            let x = g[i], d = da[i]
-            let sigmoid = 1 / (1 + Foundation.exp(-x))
-            du[i] = d * x * sigmoid
-            dg[i] = d * u[i] * sigmoid * (1 + x * (1 - sigmoid))
+        Parallel.forEachChunk(count, grain: elementwiseGrain) { _, range in
+            for i in range {
+                let x = g[i], d = da[i]
+                let sigmoid = 1 / (1 + Foundation.exp(-x))
+                du[i] = d * x * sigmoid
+                dg[i] = d * u[i] * sigmoid * (1 + x * (1 - sigmoid))
+            }
         }
     }
 }
