@@ -20,18 +20,23 @@ public protocol LinearAdapter: AnyObject {
                   into dx: UnsafeMutablePointer<Float>, accumulate: Bool)
 }
 
-/// One linear of the model: its frozen base weight and, when training, the
+/// One linear of the model: its frozen base weight (and frozen bias, for
+/// models that have one, such as Qwen2's q/k/v) and, when training, the
 /// adapter attached to it. Named by its Hugging Face module path, e.g.
 /// "model.layers.0.self_attn.q_proj", which is also how PEFT names targets.
 public final class Projection {
     public let name: String
     /// Dense fp32 after loading; replaced by a packed base to run quantized.
     public var base: any FrozenLinear
+    /// b [out], added to every output row; frozen, so backward ignores it.
+    public let bias: [Float]?
     public var adapter: (any LinearAdapter)?
 
-    public init(name: String, base: any FrozenLinear) {
+    public init(name: String, base: any FrozenLinear, bias: [Float]? = nil) {
+        precondition(bias.map { $0.count == base.outFeatures } ?? true, "[Projection] \(name): bias is not [\(base.outFeatures)]")
         self.name = name
         self.base = base
+        self.bias = bias
     }
 
     public var inFeatures: Int { base.inFeatures }
@@ -43,6 +48,13 @@ public final class Projection {
             adapter.forward(base: base, x, rows: n, into: y)
         } else {
             base.forward(x, rows: n, into: y)
+        }
+        bias?.withUnsafeBufferPointer { b in
+            let out = outFeatures
+            for row in 0..<n {
+                let yr = y + row * out
+                for j in 0..<out { yr[j] += b[j] }
+            }
         }
     }
 

@@ -75,9 +75,6 @@ extension LlamaModel {
             for (name, shape) in [(names.a, [rank, p.inFeatures]), (names.b, [p.outFeatures, rank])] {
                 let key = prefix + name
                 let info = try file.info(key)
-                guard TensorDType.floatWeightTypes.contains(info.dtype) else {
-                    throw ModelError.unsupportedDType(file.url, tensor: key, dtype: info.dtype.rawValue)
-                }
                 guard info.shape == shape else { throw ModelError.shapeMismatch(file.url, tensor: key, expected: shape, found: info.shape) }
                 values.append((name, try file.floats(key)))
             }

@@ -1,9 +1,10 @@
 import COpenBLAS
 import Foundation
 import QLoRACompute
+import QLoRAStorage
 
-/// A Llama-family causal language model (Llama 1–3 without rope scaling,
-/// TinyLlama, stories260K) in fp32, written the llm.c way: each layer is a
+/// A Llama-family causal language model (everything `LlamaConfiguration`
+/// accepts: Llama 1–3, TinyLlama, Mistral, Qwen2, stories260K) in fp32, written the llm.c way: each layer is a
 /// forward that caches what its backward needs and a hand-written backward.
 ///
 /// The base is frozen. Every linear is a `Projection` over a `FrozenLinear`
@@ -14,7 +15,7 @@ import QLoRACompute
 ///
 /// Not thread-safe: one forward/backward at a time (each one uses all cores).
 public final class LlamaModel {
-    let configuration: ModelConfiguration
+    public let configuration: LlamaConfiguration
     public let embedding: Embedding
     public let layers: [DecoderLayer]
     public let finalNorm: RMSNorm
@@ -35,7 +36,7 @@ public final class LlamaModel {
     /// What the latest forward pass left for backward.
     private var pending: (batch: Int, length: Int, hasTargets: Bool, counted: Int)?
 
-    init(configuration: ModelConfiguration, embedding: Embedding, layers: [DecoderLayer], finalNorm: RMSNorm,
+    init(configuration: LlamaConfiguration, embedding: Embedding, layers: [DecoderLayer], finalNorm: RMSNorm,
          lmHead: Projection, rope: RotaryEmbedding) {
         self.configuration = configuration
         self.embedding = embedding
@@ -45,8 +46,8 @@ public final class LlamaModel {
         self.rope = rope
     }
 
-    public var vocabularySize: Int { configuration.vocabularySize }
-    public var hiddenSize: Int { configuration.hiddenSize }
+    var vocabularySize: Int { configuration.vocabularySize }
+    var hiddenSize: Int { configuration.hiddenSize }
 
     /// Every projection, decoder layers' in module order, then lm_head.
     public var projections: [Projection] { layers.flatMap(\.projections) + [lmHead] }
@@ -176,7 +177,7 @@ public final class LlamaModel {
         workspace = nil // free the old buffers before allocating the larger ones
         let c = configuration
         let ws = Workspace(rows: b * t, length: t, configuration: c, attention: layers[0].attention,
-                           cacheCount: gradientCheckpointing ? 1 : c.layerCount)
+                           cacheCount: gradientCheckpointing ? 1 : c.hiddenLayers)
         workspace = ws
         return ws
     }
@@ -209,11 +210,11 @@ private final class Workspace {
     /// Rows of the batch loaded last.
     private(set) var rows: Int?
 
-    init(rows n: Int, length t: Int, configuration c: ModelConfiguration, attention: GroupedQueryAttention, cacheCount: Int) {
+    init(rows n: Int, length t: Int, configuration c: LlamaConfiguration, attention: GroupedQueryAttention, cacheCount: Int) {
         rowCapacity = n
         lengthCapacity = t
-        let q = c.attentionHeads * c.headDimension, kv = c.kvHeads * c.headDimension
-        residual = (0...c.layerCount).map { _ in FloatBuffer(count: n * c.hiddenSize) }
+        let q = c.attentionHeads * c.headDimensions, kv = c.kvHeads * c.headDimensions
+        residual = (0...c.hiddenLayers).map { _ in FloatBuffer(count: n * c.hiddenSize) }
         caches = (0..<cacheCount).map { _ in
             DecoderLayerCache(rows: n, hidden: c.hiddenSize, queryWidth: q, kvWidth: kv, heads: c.attentionHeads,
                               intermediate: c.intermediateSize)
@@ -222,8 +223,8 @@ private final class Workspace {
         finalRstd = FloatBuffer(count: n)
         logits = FloatBuffer(count: n * c.vocabularySize)
         logitLSE = FloatBuffer(count: n)
-        cos = FloatBuffer(count: n * c.headDimension / 2)
-        sin = FloatBuffer(count: n * c.headDimension / 2)
+        cos = FloatBuffer(count: n * c.headDimensions / 2)
+        sin = FloatBuffer(count: n * c.headDimensions / 2)
         // The scratch depends on B and T only through B·H chunks of T×T, bounded by the capacities.
         attentionScratch = FloatBuffer(count: attention.scratchCount(batch: n, length: t))
         gradients = LayerGradients(rows: n, hidden: c.hiddenSize, queryWidth: q, kvWidth: kv, intermediate: c.intermediateSize)

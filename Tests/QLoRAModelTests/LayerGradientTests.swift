@@ -65,10 +65,11 @@ private func expectClose(_ analytic: [Float], _ numeric: [Float], _ what: String
         expectClose(dx, numericalGradient(x, loss), "RoPE dx")
     }
 
-    @Test(arguments: [[UInt8]?.none, [1, 1, 1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0, 0, 1, 1, 1]])
-    func attention(mask: [UInt8]?) {
+    @Test(arguments: [([UInt8]?.none, Int?.none), ([1, 1, 1, 1, 1, 1, 1, 1, 0, 0], nil), ([1, 1, 1, 1, 1, 0, 0, 1, 1, 1], nil),
+                      ([1, 1, 1, 1, 1, 0, 1, 1, 1, 1], 2)])
+    func attention(mask: [UInt8]?, window: Int?) {
         var random = SeededGenerator(seed: 5)
-        let b = 2, t = 5, attention = GroupedQueryAttention(heads: 4, kvHeads: 2, headDimension: 3)
+        let b = 2, t = 5, attention = GroupedQueryAttention(heads: 4, kvHeads: 2, headDimension: 3, window: window)
         let qw = 12, kw = 6, n = b * t
         let q = random.gaussian(count: n * qw), k = random.gaussian(count: n * kw), v = random.gaussian(count: n * kw)
         let probe = random.gaussian(count: n * qw)
@@ -86,6 +87,21 @@ private func expectClose(_ analytic: [Float], _ numeric: [Float], _ what: String
         expectClose(dq, numericalGradient(q) { dot(run($0, k, v), probe) }, "attention dq")
         expectClose(dk, numericalGradient(k) { dot(run(q, $0, v), probe) }, "attention dk")
         expectClose(dv, numericalGradient(v) { dot(run(q, k, $0), probe) }, "attention dv")
+    }
+
+    @Test func keysOutsideTheWindowAreInvisible() {
+        var random = SeededGenerator(seed: 11)
+        let t = 6, attention = GroupedQueryAttention(heads: 2, kvHeads: 2, headDimension: 4, window: 3)
+        let q = random.gaussian(count: t * 8), k = random.gaussian(count: t * 8)
+        var v = random.gaussian(count: t * 8)
+        var scratch = [Float](repeating: 0, count: attention.scratchCount(batch: 1, length: t))
+        var lse = [Float](repeating: 0, count: 2 * t)
+        var before = [Float](repeating: 0, count: t * 8), after = before
+        attention.forward(q: q, k: k, v: v, mask: nil, batch: 1, length: t, into: &before, lse: &lse, scratch: &scratch)
+        for d in 0..<8 { v[d] += 100 } // key 0 is visible to queries 0, 1, 2 only
+        attention.forward(q: q, k: k, v: v, mask: nil, batch: 1, length: t, into: &after, lse: &lse, scratch: &scratch)
+        #expect(before[(3 * 8)...] == after[(3 * 8)...])
+        #expect(before[..<(3 * 8)] != after[..<(3 * 8)])
     }
 
     @Test func paddingIsInvisibleToRealTokens() {

@@ -71,7 +71,7 @@ import _TestSupport
     @Test(arguments: [TokenBatch.Padding.right, .left])
     func paddedBatchGivesEachSequencesOwnLogits(padding: TokenBatch.Padding) throws {
         let seq1 = Reference.expected.seq1, seq2 = Reference.expected.seq2
-        let v = model.vocabularySize, t = seq2.count
+        let v = model.configuration.vocabularySize, t = seq2.count
         let loss = try #require(try model.forward(TokenBatch(sequences: [seq1, seq2], padding: padding, padToken: 3)))
         let logits = model.logits()
         let offset = padding == .left ? t - seq1.count : 0

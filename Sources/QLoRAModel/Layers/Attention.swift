@@ -3,8 +3,9 @@ import Foundation
 
 /// Causal grouped-query attention over projected, rotated q, k and v:
 /// query head h reads kv head h / (H/KV) (transformers' repeat_kv), scores are
-/// q·kᵀ·hd^-½ with keys after the query or marked as padding masked out, the
-/// softmax runs in fp32, and the heads' outputs are concatenated in head order.
+/// q·kᵀ·hd^-½ with keys after the query, marked as padding or (Mistral's
+/// sliding window) `window` or more tokens back masked out, the softmax runs
+/// in fp32, and the heads' outputs are concatenated in head order.
 ///
 /// Every head's products are single OpenBLAS calls on strided views of the
 /// [n, heads·hd] buffers, so nothing is transposed into head-major order.
@@ -17,12 +18,15 @@ public struct GroupedQueryAttention: Sendable {
     public let heads: Int
     public let kvHeads: Int
     public let headDimension: Int
+    /// Query i sees keys j with i − window < j ≤ i; nil = all j ≤ i.
+    public let window: Int?
 
-    public init(heads: Int, kvHeads: Int, headDimension: Int) {
+    public init(heads: Int, kvHeads: Int, headDimension: Int, window: Int? = nil) {
         precondition(heads % kvHeads == 0, "[GroupedQueryAttention] \(heads) heads are not a multiple of \(kvHeads) kv heads")
         self.heads = heads
         self.kvHeads = kvHeads
         self.headDimension = headDimension
+        self.window = window
     }
 
     var queryWidth: Int { heads * headDimension }
@@ -167,11 +171,15 @@ public struct GroupedQueryAttention: Sendable {
         for j in 0...i { s[j] = Foundation.exp(s[j] - lse) }
     }
 
-    /// Zeroes the scores after the query and sets padded keys to −∞.
+    /// Zeroes the scores after the query and sets padded keys and those
+    /// outside the window to −∞.
     private func maskRow(_ s: UnsafeMutablePointer<Float>, query i: Int, length t: Int, mask: UnsafePointer<UInt8>?) {
         for j in (i + 1)..<t { s[j] = 0 }
         if let mask {
             for j in 0...i where mask[j] == 0 { s[j] = -.infinity }
+        }
+        if let window, i >= window {
+            for j in 0...(i - window) { s[j] = -.infinity }
         }
     }
 }

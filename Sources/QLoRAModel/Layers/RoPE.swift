@@ -1,4 +1,5 @@
 import Foundation
+import QLoRAStorage
 
 /// Rotary position embedding in Hugging Face's rotate_half convention:
 /// element i of a head is paired with element i + hd/2 (not the interleaved
@@ -6,8 +7,10 @@ import Foundation
 ///
 ///     x_rot = x·cos + rotate_half(x)·sin,   rotate_half(x) = cat(−x[hd/2:], x[:hd/2])
 ///
-/// Angles are computed in fp32 exactly as transformers does for rope_type
-/// "default": inv_freq[i] = 1 / theta^(2i/hd) and angle = position · inv_freq[i].
+/// Angles are computed in fp32 as transformers does: inv_freq[i] =
+/// 1 / theta^(2i/hd) for rope_type "default", then rescaled for "linear"
+/// (÷ factor) and "llama3" (long wavelengths ÷ factor, short ones kept, the
+/// band between blended); angle = position · inv_freq[i].
 ///
 /// Cache for backward: the cos and sin tables [n, hd/2] of the batch's
 /// positions (shared by every layer, since all layers see the same positions).
@@ -16,12 +19,35 @@ public struct RotaryEmbedding: Sendable {
     /// inv_freq [hd/2]
     public let inverseFrequencies: [Float]
 
-    public init(headDimension: Int, theta: Double) {
+    public init(headDimension: Int, theta: Double, scaling: RoPEScaling? = nil) {
         self.headDimension = headDimension
         let base = Float(theta)
-        inverseFrequencies = (0..<(headDimension / 2)).map { i in
+        let plain = (0..<(headDimension / 2)).map { i in
             1 / Foundation.pow(base, Float(2 * i) / Float(headDimension))
         }
+        guard let scaling else {
+            inverseFrequencies = plain
+            return
+        }
+        let factor = Float(scaling.factor)
+        switch scaling.type {
+        case "llama3":
+            inverseFrequencies = plain.map { Self.llama3(inverseFrequency: $0, scaling: scaling) }
+        default: // "linear": positions divided by the factor
+            inverseFrequencies = plain.map { $0 / factor }
+        }
+    }
+
+    /// Llama 3.1's frequency-band rescaling of one inverse frequency.
+    private static func llama3(inverseFrequency f: Float, scaling: RoPEScaling) -> Float {
+        let factor = Float(scaling.factor)
+        let low = Float(scaling.lowFrequencyFactor ?? 1), high = Float(scaling.highFrequencyFactor ?? 4)
+        let context = Float(scaling.originalMaxPositionEmbeddings ?? 8192)
+        let wavelength = Float(2 * Double.pi) / f
+        if wavelength < context / high { return f }
+        if wavelength > context / low { return f / factor }
+        let smooth = (context / wavelength - low) / (high - low)
+        return (1 - smooth) * f / factor + smooth * f
     }
 
     /// Fills cos and sin [n, hd/2] for the given positions [n].
