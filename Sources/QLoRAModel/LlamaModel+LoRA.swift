@@ -13,7 +13,7 @@ extension LlamaModel {
         guard !targets.isEmpty else {
             throw ModelError.invalidAdapter(nil, reason: "target modules \(configuration.targetModules) match no projection of this model")
         }
-        let (parameters, adapters) = attachLoRA(rank: configuration.rank, scaling: configuration.scaling, to: targets)
+        let (parameters, adapters) = attachLoRA(configuration, to: targets)
         for adapter in adapters { adapter.initialize(using: &generator) }
         return parameters
     }
@@ -79,20 +79,47 @@ extension LlamaModel {
                 values.append((name, try file.floats(key)))
             }
         }
-        let (parameters, _) = attachLoRA(rank: rank, scaling: configuration.scaling, to: targets)
+        let (parameters, _) = attachLoRA(configuration, to: targets)
         for (name, data) in values {
             _ = parameters.values(of: parameters.entry(name)!).update(fromContentsOf: data)
         }
         return configuration
     }
 
+    /// Writes the attached LoRA adapters as a PEFT adapter folder
+    /// (adapter_config.json, adapter_model.safetensors) that `loadLoRA` and
+    /// peft's `PeftModel.from_pretrained` read. Each file is replaced whole.
+    /// - Parameter baseModel: recorded as base_model_name_or_path.
+    public func saveLoRA(directory: URL, baseModel: String? = nil) throws {
+        guard let configuration = loraConfiguration, let parameters = trainableParameters else {
+            throw ModelError.invalidAdapter(nil, reason: "no LoRA adapters are attached")
+        }
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        var writer = SafetensorsWriter(metadata: ["format": "pt"])
+        for entry in parameters.entries {
+            try writer.add("base_model.model." + entry.name, shape: entry.shape, floats: Array(parameters.values(of: entry)))
+        }
+        try writer.write(to: directory.appendingPathComponent("adapter_model.safetensors"))
+        let json: [String: Any] = [
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": configuration.rank, "lora_alpha": configuration.alpha,
+            "target_modules": configuration.targetModules, "use_rslora": configuration.useRSLoRA, "lora_dropout": 0.0,
+            "bias": "none", "fan_in_fan_out": false, "use_dora": false, "inference_mode": true, "init_lora_weights": true,
+            "base_model_name_or_path": baseModel ?? NSNull(), "modules_to_save": NSNull(),
+        ]
+        let out = try AtomicFileWriter(destination: directory.appendingPathComponent("adapter_config.json"))
+        try out.write(try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys]))
+        try out.commit()
+    }
+
     /// Removes every adapter; the model is the frozen base again.
     public func detachAdapters() {
         for p in projections { p.adapter = nil }
         trainableParameters = nil
+        loraConfiguration = nil
     }
 
-    private func attachLoRA(rank: Int, scaling: Float, to targets: [Projection]) -> (TrainableParameters, [LoRAAdapter]) {
+    private func attachLoRA(_ configuration: LoRAConfiguration, to targets: [Projection]) -> (TrainableParameters, [LoRAAdapter]) {
+        let rank = configuration.rank
         let tensors = targets.flatMap { p -> [(name: String, shape: [Int])] in
             let names = LoRAConfiguration.tensorNames(module: p.name)
             return [(names.a, [rank, p.inFeatures]), (names.b, [p.outFeatures, rank])]
@@ -102,11 +129,12 @@ extension LlamaModel {
         let adapters = targets.map { p in
             let names = LoRAConfiguration.tensorNames(module: p.name)
             let adapter = LoRAAdapter(parameters: parameters, a: parameters.entry(names.a)!, b: parameters.entry(names.b)!,
-                                      scaling: scaling)
+                                      scaling: configuration.scaling)
             p.adapter = adapter
             return adapter
         }
         trainableParameters = parameters
+        loraConfiguration = configuration
         return (parameters, adapters)
     }
 }

@@ -3,9 +3,10 @@ import Foundation
 import QLoRACompute
 import QLoRAStorage
 
-/// A Llama-family causal language model (everything `LlamaConfiguration`
-/// accepts: Llama 1–3, TinyLlama, Mistral, Qwen2, stories260K) in fp32, written the llm.c way: each layer is a
-/// forward that caches what its backward needs and a hand-written backward.
+/// A Llama-family causal language model (whatever `LlamaConfiguration`
+/// accepts: Llama 1–3, TinyLlama, Mistral, Qwen2, stories260K) in fp32,
+/// written the llm.c way: each layer is a forward that caches what its
+/// backward needs and a hand-written backward.
 ///
 /// The base is frozen. Every linear is a `Projection` over a `FrozenLinear`
 /// (dense fp32 as loaded, packed blocks once quantized), and trainable
@@ -24,6 +25,8 @@ public final class LlamaModel {
     public let rope: RotaryEmbedding
     /// The attached adapters' tensors and gradients; nil until adapters are attached.
     public internal(set) var trainableParameters: TrainableParameters?
+    /// How the attached LoRA adapters were configured; nil without them.
+    public internal(set) var loraConfiguration: LoRAConfiguration?
 
     /// Keep only each layer's input during forward and recompute the layer's
     /// activations just before its backward: one layer's cache instead of L,
@@ -124,10 +127,19 @@ public final class LlamaModel {
         return ws.logits.array(count: n * vocabularySize)
     }
 
+    /// Logits [V] of one row (b·T + t) of the latest forward pass.
+    public func logits(row: Int) -> [Float] {
+        guard let ws = workspace, let n = ws.rows else { return [] }
+        precondition((0..<n).contains(row), "[LlamaModel] row \(row) is outside the \(n) rows of the latest batch")
+        let v = vocabularySize
+        return Array(UnsafeBufferPointer(start: ws.logits.pointer + row * v, count: v))
+    }
+
     /// The residual stream [B, T, C]: `index` 0 is the embedding output,
     /// `index` l + 1 the output of decoder layer l.
     public func hiddenState(_ index: Int) -> [Float] {
         guard let ws = workspace, let n = ws.rows else { return [] }
+        precondition((0...layers.count).contains(index), "[LlamaModel] no hidden state \(index) (0...\(layers.count))")
         return ws.residual[index].array(count: n * hiddenSize)
     }
 

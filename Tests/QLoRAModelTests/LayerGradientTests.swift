@@ -65,16 +65,36 @@ private func expectClose(_ analytic: [Float], _ numeric: [Float], _ what: String
         expectClose(dx, numericalGradient(x, loss), "RoPE dx")
     }
 
-    @Test(arguments: [([UInt8]?.none, Int?.none), ([1, 1, 1, 1, 1, 1, 1, 1, 0, 0], nil), ([1, 1, 1, 1, 1, 0, 0, 1, 1, 1], nil),
-                      ([1, 1, 1, 1, 1, 0, 1, 1, 1, 1], 2)])
-    func attention(mask: [UInt8]?, window: Int?) {
+    /// (heads, kv heads, head size, lengths of the B sequences, padding side, window)
+    struct AttentionCase: Sendable, CustomTestStringConvertible {
+        var heads = 4, kvHeads = 2, headDimension = 3
+        var lengths: [Int]
+        var leftPadding = false
+        var window: Int?
+        var testDescription: String {
+            "\(heads)/\(kvHeads) heads, lengths \(lengths)\(leftPadding ? " left-padded" : ""), window \(window.map(String.init) ?? "none")"
+        }
+    }
+
+    @Test(arguments: [
+        AttentionCase(lengths: [5, 5]), AttentionCase(lengths: [5, 3]), AttentionCase(lengths: [5, 3], leftPadding: true),
+        AttentionCase(lengths: [5, 4], leftPadding: true, window: 2),
+        // Longer than one query block, so blocks see different key ranges.
+        AttentionCase(heads: 2, kvHeads: 1, headDimension: 2, lengths: [67, 60], window: 40),
+    ])
+    func attention(_ c: AttentionCase) {
         var random = SeededGenerator(seed: 5)
-        let b = 2, t = 5, attention = GroupedQueryAttention(heads: 4, kvHeads: 2, headDimension: 3, window: window)
-        let qw = 12, kw = 6, n = b * t
+        let b = c.lengths.count, t = c.lengths.max()!
+        let attention = GroupedQueryAttention(heads: c.heads, kvHeads: c.kvHeads, headDimension: c.headDimension, window: c.window)
+        let qw = c.heads * c.headDimension, kw = c.kvHeads * c.headDimension, n = b * t
+        let mask: [UInt8]? = c.lengths.allSatisfy({ $0 == t }) ? nil : c.lengths.flatMap { length in
+            let real = [UInt8](repeating: 1, count: length), pad = [UInt8](repeating: 0, count: t - length)
+            return c.leftPadding ? pad + real : real + pad
+        }
         let q = random.gaussian(count: n * qw), k = random.gaussian(count: n * kw), v = random.gaussian(count: n * kw)
         let probe = random.gaussian(count: n * qw)
         var scratch = [Float](repeating: 0, count: attention.scratchCount(batch: b, length: t))
-        var lse = [Float](repeating: 0, count: b * 4 * t)
+        var lse = [Float](repeating: 0, count: b * c.heads * t)
         func run(_ q: [Float], _ k: [Float], _ v: [Float]) -> [Float] {
             var out = [Float](repeating: 0, count: n * qw)
             attention.forward(q: q, k: k, v: v, mask: mask, batch: b, length: t, into: &out, lse: &lse, scratch: &scratch)

@@ -78,6 +78,21 @@ import _TestSupport
         #expect(parameters.gradients(of: parameters.entries[1]).contains { $0 != 0 })
     }
 
+    @Test func savedAdapterLoadsBackUnchanged() throws {
+        try model.loadLoRA(directory: Reference.tinyLlama.appendingPathComponent("adapter"))
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lora-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        try model.saveLoRA(directory: folder, baseModel: "tiny-llama")
+        let reloaded = try LlamaModel(directory: Reference.tinyLlama)
+        #expect(try reloaded.loadLoRA(directory: folder) == model.loraConfiguration)
+        #expect(reloaded.trainableParameters?.entries == model.trainableParameters?.entries)
+        #expect(reloaded.trainableParameters?.values.array() == model.trainableParameters?.values.array())
+        // The same keys as peft's file.
+        let original = try SafetensorsFile(url: Reference.tinyLlama.appendingPathComponent("adapter/adapter_model.safetensors"))
+        let saved = try SafetensorsFile(url: folder.appendingPathComponent("adapter_model.safetensors"))
+        #expect(Set(saved.tensors.map(\.name)) == Set(original.tensors.map(\.name)))
+    }
+
     @Test func rsLoRAScalesByRootOfRank() {
         #expect(LoRAConfiguration(rank: 16, alpha: 16, useRSLoRA: true).scaling == 4)
         #expect(LoRAConfiguration(rank: 16, alpha: 16).scaling == 1)
