@@ -1,3 +1,4 @@
+import Foundation
 import QLoRAKit
 import Testing
 import _TestSupport
@@ -107,6 +108,51 @@ private func expectClose(_ analytic: [Float], _ numeric: [Float], _ what: String
         expectClose(dq, numericalGradient(q) { dot(run($0, k, v), probe) }, "attention dq")
         expectClose(dk, numericalGradient(k) { dot(run(q, $0, v), probe) }, "attention dk")
         expectClose(dv, numericalGradient(v) { dot(run(q, k, $0), probe) }, "attention dv")
+    }
+
+    @Test(arguments: [AttentionCase(lengths: [5, 3], leftPadding: true, window: 2),
+                      AttentionCase(heads: 2, kvHeads: 1, headDimension: 2, lengths: [150, 131], window: 70),
+                      AttentionCase(heads: 2, kvHeads: 1, headDimension: 2, lengths: [130, 100], leftPadding: true)])
+    func attentionMatchesTheDefinition(_ c: AttentionCase) {
+        // Softmax over exactly the visible keys, in Double, one query at a time.
+        var random = SeededGenerator(seed: 8)
+        let b = c.lengths.count, t = c.lengths.max()!, hd = c.headDimension
+        let attention = GroupedQueryAttention(heads: c.heads, kvHeads: c.kvHeads, headDimension: hd, window: c.window)
+        let qw = c.heads * hd, kw = c.kvHeads * hd
+        let real: [[Bool]] = c.lengths.map { length in
+            (0..<t).map { c.leftPadding ? $0 >= t - length : $0 < length }
+        }
+        let mask = real.flatMap { $0.map { UInt8($0 ? 1 : 0) } }
+        let q = random.gaussian(count: b * t * qw), k = random.gaussian(count: b * t * kw), v = random.gaussian(count: b * t * kw)
+        var scratch = [Float](repeating: 0, count: attention.scratchCount(batch: b, length: t))
+        var lse = [Float](repeating: 0, count: b * c.heads * t)
+        var out = [Float](repeating: 0, count: b * t * qw)
+        attention.forward(q: q, k: k, v: v, mask: mask, batch: b, length: t, into: &out, lse: &lse, scratch: &scratch)
+        var expected = [Float](repeating: 0, count: b * t * qw)
+        for s in 0..<b {
+            for h in 0..<c.heads {
+                let g = h / (c.heads / c.kvHeads)
+                for i in 0..<t {
+                    var visible: [Int] = []
+                    for j in 0...i where real[s][j] && (c.window == nil || j > i - c.window!) { visible.append(j) }
+                    var weights: [Double] = []
+                    for j in visible {
+                        var score: Double = 0
+                        for d in 0..<hd { score += Double(q[(s * t + i) * qw + h * hd + d]) * Double(k[(s * t + j) * kw + g * hd + d]) }
+                        weights.append(score / Double(hd).squareRoot())
+                    }
+                    let m = weights.max() ?? 0
+                    weights = weights.map { Foundation.exp($0 - m) }
+                    let total = weights.reduce(0, +)
+                    for d in 0..<hd {
+                        var value: Double = 0
+                        for (j, w) in zip(visible, weights) { value += w * Double(v[(s * t + j) * kw + g * hd + d]) }
+                        expected[(s * t + i) * qw + h * hd + d] = visible.isEmpty ? 0 : Float(value / total)
+                    }
+                }
+            }
+        }
+        #expect(maxAbsDifference(out, expected) <= 1e-5)
     }
 
     @Test func keysOutsideTheWindowAreInvisible() {
