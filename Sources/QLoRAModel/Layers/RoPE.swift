@@ -69,33 +69,28 @@ public struct RotaryEmbedding: Sendable {
     /// Rotates x [n, heads·hd] in place; head j of row t is x[t, j·hd ..< (j+1)·hd].
     public func forward(_ x: UnsafeMutablePointer<Float>, rows n: Int, heads: Int,
                         cos: UnsafePointer<Float>, sin: UnsafePointer<Float>) {
-        let hd = headDimension, half = hd / 2
-        for t in 0..<n {
-            let c = cos + t * half, s = sin + t * half
-            for h in 0..<heads {
-                let p = x + (t * heads + h) * hd
-                for i in 0..<half {
-                    let a = p[i], b = p[i + half]
-                    p[i] = a * c[i] - b * s[i]
-                    p[i + half] = b * c[i] + a * s[i]
-                }
-            }
-        }
+        rotate(x, rows: n, heads: heads, cos: cos, sin: sin, sign: 1)
     }
 
     /// Turns dx_rot [n, heads·hd] into dx in place: the rotation is orthogonal,
     /// so its backward is the rotation by the negated angle.
     public func backward(_ dx: UnsafeMutablePointer<Float>, rows n: Int, heads: Int,
                          cos: UnsafePointer<Float>, sin: UnsafePointer<Float>) {
+        rotate(dx, rows: n, heads: heads, cos: cos, sin: sin, sign: -1)
+    }
+
+    /// (a, b) ← (a·cos − b·sin, b·cos + a·sin) for each pair (i, i + hd/2), with sin·sign.
+    private func rotate(_ x: UnsafeMutablePointer<Float>, rows n: Int, heads: Int,
+                        cos: UnsafePointer<Float>, sin: UnsafePointer<Float>, sign: Float) {
         let hd = headDimension, half = hd / 2
         for t in 0..<n {
             let c = cos + t * half, s = sin + t * half
             for h in 0..<heads {
-                let p = dx + (t * heads + h) * hd
+                let p = x + (t * heads + h) * hd
                 for i in 0..<half {
-                    let a = p[i], b = p[i + half]
-                    p[i] = a * c[i] + b * s[i]
-                    p[i + half] = b * c[i] - a * s[i]
+                    let a = p[i], b = p[i + half], si = sign * s[i]
+                    p[i] = a * c[i] - b * si
+                    p[i + half] = b * c[i] + a * si
                 }
             }
         }
