@@ -57,6 +57,8 @@ import _TestSupport
         try model.forward(TokenBatch(sequences: [Reference.expected.seq1]))
         try model.backward(scale: 1 / Float(Reference.expected.seq1.count - 1))
         #expect(maxAbsDifference(parameters.gradients.array(), once.map { 2 * $0 }) <= 1e-6)
+        parameters.zeroGradients()
+        #expect(parameters.gradients.array().allSatisfy { $0 == 0 })
     }
 
     @Test func freshAdapterStartsAtTheBaseModel() throws {

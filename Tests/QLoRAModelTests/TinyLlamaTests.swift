@@ -86,6 +86,23 @@ import _TestSupport
         #expect(abs(Double(loss.mean) - expected) <= 1e-5)
     }
 
+    @Test func ignoredLabelsAreNotCounted() throws {
+        // Prompt masking: labels −100 on the first 8 tokens leave positions 7…14 predicting tokens 8…15.
+        let ids = Reference.expected.seq1, t = ids.count, v = model.configuration.vocabularySize
+        let labels = ids.enumerated().map { $0.offset < 8 ? -100 : $0.element }
+        let targets = TokenBatch.targets(fromLabels: labels, batchSize: 1, length: t)
+        let loss = try #require(try model.forward(TokenBatch(tokens: ids, batchSize: 1, length: t, targets: targets)))
+        #expect(loss.count == 8)
+        let logits = try reference.floats("seq1.logits")
+        var expected: Double = 0
+        for position in 7..<(t - 1) {
+            let row = logits[(position * v)..<((position + 1) * v)].map(Double.init)
+            let m = row.max()!
+            expected += m + log(row.reduce(0) { $0 + exp($1 - m) }) - row[Int(ids[position + 1])]
+        }
+        #expect(abs(Double(loss.mean) - expected / 8) <= 1e-5)
+    }
+
     @Test func badBatchesThrowClearErrors() {
         #expect(throws: ModelError.invalidBatch(reason: "token 384 at index 1 is outside the vocabulary 0..<384")) {
             try model.forward(TokenBatch(sequences: [[0, 384]]))
