@@ -141,6 +141,15 @@ public struct LlamaConfiguration: Codable, Hashable, Sendable {
         where !(value.isFinite && value > 0) {
             throw LlamaConfigurationError.invalidValue(source, key: key, reason: "must be a positive number, not \(value)")
         }
+        // Llama 3 blends between the two bands: an empty or inverted band would divide by zero.
+        if let s = ropeScaling, s.type == "llama3" {
+            let low = s.lowFrequencyFactor ?? 0, high = s.highFrequencyFactor ?? 0
+            guard low > 0, high > low, (s.originalMaxPositionEmbeddings ?? 0) > 0 else {
+                throw LlamaConfigurationError.invalidValue(
+                    source, key: "rope_scaling",
+                    reason: "needs 0 < low_freq_factor < high_freq_factor and a positive original_max_position_embeddings")
+            }
+        }
     }
 
     static func architecture(of modelType: String) -> String? {

@@ -139,6 +139,14 @@ import _TestSupport
             == .outOfRange(Self.source, key: "vocab_size", value: 1 << 40, allowed: 1...LlamaConfiguration.maxDimension))
         #expect(Self.failure { $0["rms_norm_eps"] = -1.0 }
             == .invalidValue(Self.source, key: "rms_norm_eps", reason: "must be a positive number, not -1.0"))
+        let invertedBand = Self.failure {
+            $0["rope_parameters"] = ["rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 4.0,
+                                     "high_freq_factor": 1.0, "original_max_position_embeddings": 8192]
+        }
+        guard case .invalidValue(_, "rope_scaling", _)? = invertedBand else {
+            Issue.record("expected invalidValue for rope_scaling, got \(String(describing: invertedBand))")
+            return
+        }
         let undetermined = Self.failure {
             $0["head_dim"] = nil
             $0["num_attention_heads"] = 6
