@@ -26,10 +26,12 @@ let package = Package(
         .target(name: "QLoRACompute", dependencies: ["QLoRAStorage", "CQLoRAKernels", "COpenBLAS"]),
         // Hugging Face tokenizer.json (byte-level and SentencePiece-style BPE), pure Swift.
         .target(name: "QLoRATokenizer"),
+        // Llama layers with hand-written forward and backward, adapters attached to the frozen linears.
+        .target(name: "QLoRAModel", dependencies: ["QLoRAStorage", "QLoRACompute", "COpenBLAS"]),
         // The public face: re-exports the modules above and carries the embedded default model.
         .target(
             name: "QLoRAKit",
-            dependencies: ["QLoRAStorage", "QLoRACompute", "QLoRATokenizer"],
+            dependencies: ["QLoRAStorage", "QLoRACompute", "QLoRATokenizer", "QLoRAModel"],
             resources: [.copy("Resources/stories260K")]
         ),
         .executableTarget(
@@ -43,5 +45,6 @@ let package = Package(
         .testTarget(name: "QLoRAStorageTests", dependencies: ["QLoRAStorage", "_TestSupport"]),
         // Depends on QLoRAKit for the embedded stories260K tokenizer and its fine-tuning texts.
         .testTarget(name: "QLoRATokenizerTests", dependencies: ["QLoRATokenizer", "QLoRAKit", "_TestSupport"]),
+        .testTarget(name: "QLoRAModelTests", dependencies: ["QLoRAKit", "_TestSupport"]),
     ]
 )

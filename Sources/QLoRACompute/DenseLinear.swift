@@ -1,0 +1,46 @@
+import COpenBLAS
+
+/// A frozen fp32 linear map computed with OpenBLAS: the full-precision base
+/// that the packed 4/8-bit weights are checked against, and what the
+/// embeddings-tied lm_head and unquantized checkpoints run on.
+///
+/// The weight is held as a Swift array, so a tied lm_head shares the
+/// embedding table's storage instead of copying it.
+public struct DenseLinear: FrozenLinear {
+    public let inFeatures: Int
+    public let outFeatures: Int
+    /// W [out, in], row-major (the nn.Linear layout).
+    public let weight: [Float]
+
+    /// - Precondition: `weight.count == outFeatures * inFeatures` (loaders
+    ///   check the shape from the file before building the layer).
+    public init(weight: [Float], outFeatures: Int, inFeatures: Int) {
+        precondition(weight.count == outFeatures * inFeatures,
+                     "[DenseLinear] weight has \(weight.count) values, expected \(outFeatures)×\(inFeatures)")
+        self.weight = weight
+        self.outFeatures = outFeatures
+        self.inFeatures = inFeatures
+    }
+
+    public func forward(_ x: UnsafePointer<Float>, rows n: Int, into y: UnsafeMutablePointer<Float>) {
+        guard n > 0 else { return }
+        weight.withUnsafeBufferPointer { w in
+            // y[n, out] = x[n, in] · W[out, in]ᵀ
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
+                        Int32(n), Int32(outFeatures), Int32(inFeatures),
+                        1, x, Int32(inFeatures), w.baseAddress, Int32(inFeatures),
+                        0, y, Int32(outFeatures))
+        }
+    }
+
+    public func backwardInput(_ dy: UnsafePointer<Float>, rows n: Int, into dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        guard n > 0 else { return }
+        weight.withUnsafeBufferPointer { w in
+            // dx[n, in] (+)= dy[n, out] · W[out, in]
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
+                        Int32(n), Int32(inFeatures), Int32(outFeatures),
+                        1, dy, Int32(outFeatures), w.baseAddress, Int32(inFeatures),
+                        accumulate ? 1 : 0, dx, Int32(inFeatures))
+        }
+    }
+}

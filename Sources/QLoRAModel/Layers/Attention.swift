@@ -1,0 +1,219 @@
+import COpenBLAS
+import Foundation
+
+/// Causal grouped-query attention over projected, rotated q, k and v:
+/// query head h reads kv head h / (H/KV) (transformers' repeat_kv), scores are
+/// q·kᵀ·hd^-½ with keys after the query, marked as padding or (Mistral's
+/// sliding window) `window` or more tokens back masked out, the softmax runs
+/// in fp32, and the heads' outputs are concatenated in head order.
+///
+/// Queries go in blocks of `queryBlock` rows, each against only the keys it
+/// can see (causality and the window bound them), so the work is about half
+/// of the full T×T and the scratch is [queryBlock, T] per core. Every product
+/// is one OpenBLAS call on strided views of the [n, heads·hd] buffers, so
+/// nothing is transposed into head-major order. (batch, head) pairs run
+/// concurrently.
+///
+/// Cache for backward: q, k, v (as given to forward) and the log-sum-exp of
+/// each score row, lse [B, H, T]. Backward recomputes the probabilities from
+/// them (one extra q·kᵀ product) instead of keeping [B, H, T, T] per layer.
+public struct GroupedQueryAttention: Sendable {
+    public let heads: Int
+    public let kvHeads: Int
+    public let headDimension: Int
+    /// Query i sees keys j with i − window < j ≤ i; nil = all j ≤ i.
+    public let window: Int?
+
+    /// Query rows per block: large enough for efficient products, small
+    /// enough that the causal skip saves most of the upper triangle.
+    static let queryBlock = 64
+
+    public init(heads: Int, kvHeads: Int, headDimension: Int, window: Int? = nil) {
+        precondition(heads % kvHeads == 0, "[GroupedQueryAttention] \(heads) heads are not a multiple of \(kvHeads) kv heads")
+        self.heads = heads
+        self.kvHeads = kvHeads
+        self.headDimension = headDimension
+        self.window = window
+    }
+
+    var queryWidth: Int { heads * headDimension }
+    var kvWidth: Int { kvHeads * headDimension }
+    var scale: Float { 1 / Float(headDimension).squareRoot() }
+
+    /// Floats of scratch that forward and backward need for `batch` sequences of `length` tokens.
+    public func scratchCount(batch: Int, length: Int) -> Int {
+        Parallel.chunkCount(for: batch * heads) * scratchPerChunk(length: length)
+    }
+
+    private func scratchPerChunk(length t: Int) -> Int { 2 * min(t, Self.queryBlock) * t }
+
+    /// The keys [start, end) that queries [q0, q1) can see.
+    private func keys(forQueries q0: Int, _ q1: Int) -> Range<Int> {
+        (window.map { max(0, q0 - $0 + 1) } ?? 0)..<q1
+    }
+
+    /// - Parameters:
+    ///   - q: [B·T, H·hd] rotated queries
+    ///   - k: [B·T, KV·hd] rotated keys
+    ///   - v: [B·T, KV·hd]
+    ///   - mask: [B, T], nonzero = real token, 0 = padding; nil when nothing is padded
+    ///   - out: [B·T, H·hd] output, heads concatenated
+    ///   - lse: [B, H, T] output, cached for backward
+    ///   - scratch: `scratchCount(batch:length:)` floats
+    public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                        mask: UnsafePointer<UInt8>?, batch: Int, length t: Int,
+                        into out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+                        scratch: UnsafeMutablePointer<Float>) {
+        let hd = headDimension, qw = queryWidth, kw = kvWidth, group = heads / kvHeads
+        Parallel.forEachChunk(batch * heads) { chunk, items in
+            let p = scratch + chunk * scratchPerChunk(length: t) // [block, keys]
+            for item in items {
+                let b = item / heads, h = item % heads, g = h / group
+                let qh = q + b * t * qw + h * hd, kg = k + b * t * kw + g * hd, vg = v + b * t * kw + g * hd
+                let rowLSE = lse + (b * heads + h) * t, rowMask = mask.map { $0 + b * t }
+                for q0 in stride(from: 0, to: t, by: Self.queryBlock) {
+                    let q1 = min(t, q0 + Self.queryBlock), keys = keys(forQueries: q0, q1)
+                    scores(qh, kg, queries: q0..<q1, keys: keys, into: p)
+                    for i in q0..<q1 {
+                        rowLSE[i] = softmaxRow(p + (i - q0) * keys.count, query: i, keys: keys, mask: rowMask)
+                    }
+                    // out_h[q0..<q1] [rows, hd] = P [rows, keys] · v_g[keys] [keys, hd]
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(q1 - q0), Int32(hd), Int32(keys.count),
+                                1, p, Int32(keys.count), vg + keys.lowerBound * kw, Int32(kw),
+                                0, out + b * t * qw + q0 * qw + h * hd, Int32(qw))
+                }
+            }
+        }
+    }
+
+    /// Gradients of q, k and v from the gradient of the output. Written, not
+    /// accumulated. (batch, kv head) pairs run concurrently so the query heads
+    /// that share a kv head add into its dk and dv one after another.
+    ///
+    /// - Parameters:
+    ///   - dout: [B·T, H·hd]
+    ///   - q, k, v, lse: as given to and produced by forward
+    ///   - dq: [B·T, H·hd]; dk, dv: [B·T, KV·hd]
+    public func backward(_ dout: UnsafePointer<Float>,
+                         q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                         lse: UnsafePointer<Float>, mask: UnsafePointer<UInt8>?, batch: Int, length t: Int,
+                         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+                         scratch: UnsafeMutablePointer<Float>) {
+        let hd = headDimension, qw = queryWidth, kw = kvWidth, group = heads / kvHeads
+        let hd32 = Int32(hd), qw32 = Int32(qw), kw32 = Int32(kw)
+        Parallel.forEachChunk(batch * kvHeads) { chunk, items in
+            let p = scratch + chunk * scratchPerChunk(length: t) // P [block, keys]
+            let dp = p + scratchPerChunk(length: t) / 2           // dP, then dS [block, keys]
+            for item in items {
+                let b = item / kvHeads, g = item % kvHeads
+                let kg = k + b * t * kw + g * hd, vg = v + b * t * kw + g * hd
+                let dkg = dk + b * t * kw + g * hd, dvg = dv + b * t * kw + g * hd
+                let rowMask = mask.map { $0 + b * t }
+                for row in 0..<t {
+                    (dkg + row * kw).update(repeating: 0, count: hd)
+                    (dvg + row * kw).update(repeating: 0, count: hd)
+                }
+                for h in (g * group)..<((g + 1) * group) {
+                    let qh = q + b * t * qw + h * hd, doh = dout + b * t * qw + h * hd, dqh = dq + b * t * qw + h * hd
+                    let rowLSE = lse + (b * heads + h) * t
+                    for q0 in stride(from: 0, to: t, by: Self.queryBlock) {
+                        let q1 = min(t, q0 + Self.queryBlock), keys = keys(forQueries: q0, q1)
+                        let rows = Int32(q1 - q0), cols = Int32(keys.count), k0 = keys.lowerBound
+                        scores(qh, kg, queries: q0..<q1, keys: keys, into: p)
+                        for i in q0..<q1 {
+                            probabilitiesRow(p + (i - q0) * keys.count, query: i, keys: keys, lse: rowLSE[i], mask: rowMask)
+                        }
+                        // dP [rows, keys] = dout_h[q0..<q1] · v_g[keys]ᵀ
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, hd32,
+                                    1, doh + q0 * qw, qw32, vg + k0 * kw, kw32, 0, dp, cols)
+                        // dv_g[keys] += Pᵀ · dout_h[q0..<q1]
+                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, hd32, rows,
+                                    1, p, cols, doh + q0 * qw, qw32, 1, dvg + k0 * kw, kw32)
+                        // Softmax backward: dS = P ⊙ (dP − rowsum(P ⊙ dP)).
+                        for r in 0..<(q1 - q0) {
+                            let pr = p + r * keys.count, dr = dp + r * keys.count
+                            var dot: Float = 0
+                            for j in 0..<keys.count { dot += pr[j] * dr[j] }
+                            for j in 0..<keys.count { dr[j] = pr[j] * (dr[j] - dot) }
+                        }
+                        // dq_h[q0..<q1] = scale · dS · k_g[keys]
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd32, cols,
+                                    scale, dp, cols, kg + k0 * kw, kw32, 0, dqh + q0 * qw, qw32)
+                        // dk_g[keys] += scale · dSᵀ · q_h[q0..<q1]
+                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, hd32, rows,
+                                    scale, dp, cols, qh + q0 * qw, qw32, 1, dkg + k0 * kw, kw32)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Recomputes the attention probabilities of one (sequence, head) from the
+    /// forward cache, as backward does: probabilities [T, T], zero where masked.
+    public func probabilities(q: UnsafePointer<Float>, k: UnsafePointer<Float>, lse: UnsafePointer<Float>,
+                              mask: UnsafePointer<UInt8>?, sequence b: Int, head h: Int, length t: Int,
+                              into p: UnsafeMutablePointer<Float>) {
+        let g = h / (heads / kvHeads)
+        // One block of all queries against all keys: the row functions zero what a query cannot see.
+        scores(q + b * t * queryWidth + h * headDimension, k + b * t * kvWidth + g * headDimension,
+               queries: 0..<t, keys: 0..<t, into: p)
+        let rowLSE = lse + (b * heads + h) * t
+        for i in 0..<t {
+            probabilitiesRow(p + i * t, query: i, keys: 0..<t, lse: rowLSE[i], mask: mask.map { $0 + b * t })
+        }
+    }
+
+    // MARK: - Rows
+
+    /// S [queries, keys] = scale · q_h[queries] · k_g[keys]ᵀ
+    private func scores(_ qh: UnsafePointer<Float>, _ kg: UnsafePointer<Float>, queries: Range<Int>, keys: Range<Int>,
+                        into s: UnsafeMutablePointer<Float>) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(queries.count), Int32(keys.count), Int32(headDimension),
+                    scale, qh + queries.lowerBound * queryWidth, Int32(queryWidth),
+                    kg + keys.lowerBound * kvWidth, Int32(kvWidth), 0, s, Int32(keys.count))
+    }
+
+    /// Softmax in place of query i's scores s[j − keys.lowerBound] over the
+    /// keys it sees; the others become 0. Returns the row's log-sum-exp. A
+    /// row with no visible key (a left-padding query) becomes all zeros.
+    private func softmaxRow(_ s: UnsafeMutablePointer<Float>, query i: Int, keys: Range<Int>,
+                            mask: UnsafePointer<UInt8>?) -> Float {
+        maskRow(s, query: i, keys: keys, mask: mask)
+        let n = keys.count
+        var m = -Float.infinity
+        for j in 0..<n { m = max(m, s[j]) }
+        guard m > -Float.infinity else {
+            s.update(repeating: 0, count: n)
+            return .infinity
+        }
+        var sum: Float = 0
+        for j in 0..<n {
+            let e = Foundation.exp(s[j] - m) // exactly 0 where masked
+            s[j] = e
+            sum += e
+        }
+        let inv = 1 / sum
+        for j in 0..<n { s[j] *= inv }
+        return m + Foundation.log(sum)
+    }
+
+    /// Probabilities of query i's scores from its log-sum-exp; 0 where it cannot see.
+    private func probabilitiesRow(_ s: UnsafeMutablePointer<Float>, query i: Int, keys: Range<Int>, lse: Float,
+                                  mask: UnsafePointer<UInt8>?) {
+        maskRow(s, query: i, keys: keys, mask: mask)
+        for j in 0..<keys.count { s[j] = Foundation.exp(s[j] - lse) }
+    }
+
+    /// Sets the scores of keys query i cannot see to −∞: after it, padding,
+    /// and `window` or more tokens back.
+    private func maskRow(_ s: UnsafeMutablePointer<Float>, query i: Int, keys: Range<Int>, mask: UnsafePointer<UInt8>?) {
+        let k0 = keys.lowerBound
+        for j in max(i + 1, k0)..<max(i + 1, keys.upperBound) { s[j - k0] = -.infinity }
+        if let mask {
+            for j in k0..<min(i + 1, keys.upperBound) where mask[j] == 0 { s[j - k0] = -.infinity }
+        }
+        if let window, i - window + 1 > k0 {
+            for j in k0..<(i - window + 1) { s[j - k0] = -.infinity }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+import COpenBLAS
+import Foundation
+import QLoRACompute
+import QLoRAStorage
+
+/// A Llama-family causal language model (whatever `LlamaConfiguration`
+/// accepts: Llama 1–3, TinyLlama, Mistral, Qwen2, stories260K) in fp32,
+/// written the llm.c way: each layer is a forward that caches what its
+/// backward needs and a hand-written backward.
+///
+/// The base is frozen. Every linear is a `Projection` over a `FrozenLinear`
+/// (dense fp32 as loaded, packed blocks once quantized), and trainable
+/// adapters attach to projections. Backward runs from the loss through every
+/// projection's input into the adapters' gradients; the embedding, norms and
+/// base weights get none.
+///
+/// Not thread-safe: one forward/backward at a time (each one uses all cores).
+public final class LlamaModel {
+    public let configuration: LlamaConfiguration
+    public let embedding: Embedding
+    public let layers: [DecoderLayer]
+    public let finalNorm: RMSNorm
+    /// Shares the embedding table when the checkpoint ties them.
+    public let lmHead: Projection
+    public let rope: RotaryEmbedding
+    /// The attached adapters' tensors and gradients; nil until adapters are attached.
+    public internal(set) var trainableParameters: TrainableParameters?
+    /// How the attached LoRA adapters were configured; nil without them.
+    public internal(set) var loraConfiguration: LoRAConfiguration?
+
+    /// Keep only each layer's input during forward and recompute the layer's
+    /// activations just before its backward: one layer's cache instead of L,
+    /// for one more forward pass of compute.
+    public var gradientCheckpointing = false {
+        didSet { if gradientCheckpointing != oldValue { workspace = nil } }
+    }
+
+    private var workspace: Workspace?
+    /// What the latest forward pass left for backward.
+    private var pending: (batch: Int, length: Int, hasTargets: Bool, counted: Int)?
+
+    init(configuration: LlamaConfiguration, embedding: Embedding, layers: [DecoderLayer], finalNorm: RMSNorm,
+         lmHead: Projection, rope: RotaryEmbedding) {
+        self.configuration = configuration
+        self.embedding = embedding
+        self.layers = layers
+        self.finalNorm = finalNorm
+        self.lmHead = lmHead
+        self.rope = rope
+    }
+
+    var vocabularySize: Int { configuration.vocabularySize }
+    var hiddenSize: Int { configuration.hiddenSize }
+
+    /// Every projection, decoder layers' in module order, then lm_head.
+    public var projections: [Projection] { layers.flatMap(\.projections) + [lmHead] }
+
+    // MARK: - Forward and backward
+
+    /// The loss of a forward pass: the sum of the counted rows' cross-entropy
+    /// and how many rows counted.
+    public struct Loss: Sendable, Equatable {
+        public var sum: Double
+        public var count: Int
+        /// Mean cross-entropy over counted rows (transformers' loss); NaN when none counted.
+        public var mean: Float { Float(sum / Double(count)) }
+    }
+
+    /// Runs the batch and keeps its logits (see `logits()`) and, for backward,
+    /// its activations. Returns the loss when the batch has targets.
+    @discardableResult
+    public func forward(_ batch: TokenBatch) throws -> Loss? {
+        try validate(batch)
+        let b = batch.batchSize, t = batch.length, n = b * t
+        let ws = prepareWorkspace(batch: b, length: t)
+        ws.load(batch)
+        let context = ws.context(batch: b, length: t, hasMask: batch.attentionMask != nil)
+        rope.tables(positions: ws.positions, count: n, cos: ws.cos.pointer, sin: ws.sin.pointer)
+        embedding.forward(ws.tokens, count: n, into: ws.residual[0].pointer)
+        for (l, layer) in layers.enumerated() {
+            layer.forward(ws.residual[l].pointer, into: ws.residual[l + 1].pointer, cache: ws.cache(layer: l), context: context)
+        }
+        finalNorm.forward(ws.residual[layers.count].pointer, rows: n, into: ws.finalInput.pointer, rstd: ws.finalRstd.pointer)
+        lmHead.forward(ws.finalInput.pointer, rows: n, into: ws.logits.pointer)
+        var loss: Loss?
+        if batch.targets != nil {
+            let (sum, count) = CrossEntropy.forward(logits: ws.logits.pointer, targets: ws.targets, rows: n,
+                                                    classes: vocabularySize, lse: ws.logitLSE.pointer)
+            loss = Loss(sum: sum, count: count)
+        }
+        pending = (b, t, batch.targets != nil, loss?.count ?? 0)
+        return loss
+    }
+
+    /// Backpropagates the latest forward pass's loss into the adapters'
+    /// gradients (added to what is there). `scale` is ∂loss/∂(summed
+    /// cross-entropy): 1/count by default, the mean loss; pass 1/(tokens in
+    /// the optimizer step) to accumulate micro-batches. Overwrites the logits
+    /// with their gradient.
+    public func backward(scale: Float? = nil) throws {
+        guard let state = pending, state.hasTargets, let ws = workspace else { throw ModelError.noForwardPass }
+        pending = nil
+        let n = state.batch * state.length, last = layers.count - 1
+        let context = ws.context(batch: state.batch, length: state.length, hasMask: ws.hasMask)
+        let lossScale = scale ?? (state.counted > 0 ? 1 / Float(state.counted) : 0)
+        CrossEntropy.backward(logits: ws.logits.pointer, targets: ws.targets, lse: ws.logitLSE.pointer,
+                              rows: n, classes: vocabularySize, scale: lossScale)
+        lmHead.backward(ws.logits.pointer, input: ws.finalInput.pointer, rows: n, into: ws.gradients.norm.pointer, accumulate: false)
+        finalNorm.backward(ws.gradients.norm.pointer, input: ws.residual[layers.count].pointer, rstd: ws.finalRstd.pointer,
+                           rows: n, into: ws.residualGradient.pointer, accumulate: false)
+        for l in stride(from: last, through: 0, by: -1) {
+            let cache = ws.cache(layer: l)
+            if gradientCheckpointing && l != last {
+                // Recompute the activations; the output equals the kept input of layer l + 1.
+                layers[l].forward(ws.residual[l].pointer, into: ws.residual[l + 1].pointer, cache: cache, context: context)
+            }
+            layers[l].backward(ws.residualGradient.pointer, input: ws.residual[l].pointer, cache: cache,
+                               gradients: ws.gradients, context: context)
+        }
+    }
+
+    // MARK: - Inspecting the latest forward pass
+
+    /// Logits [B, T, V] of the latest forward pass (their gradient after backward).
+    public func logits() -> [Float] {
+        guard let ws = workspace, let n = ws.rows else { return [] }
+        return ws.logits.array(count: n * vocabularySize)
+    }
+
+    /// Logits [V] of one row (b·T + t) of the latest forward pass.
+    public func logits(row: Int) -> [Float] {
+        guard let ws = workspace, let n = ws.rows else { return [] }
+        precondition((0..<n).contains(row), "[LlamaModel] row \(row) is outside the \(n) rows of the latest batch")
+        let v = vocabularySize
+        return Array(UnsafeBufferPointer(start: ws.logits.pointer + row * v, count: v))
+    }
+
+    /// The residual stream [B, T, C]: `index` 0 is the embedding output,
+    /// `index` l + 1 the output of decoder layer l.
+    public func hiddenState(_ index: Int) -> [Float] {
+        guard let ws = workspace, let n = ws.rows else { return [] }
+        precondition((0...layers.count).contains(index), "[LlamaModel] no hidden state \(index) (0...\(layers.count))")
+        return ws.residual[index].array(count: n * hiddenSize)
+    }
+
+    /// The final RMSNorm output [B, T, C], the input of lm_head.
+    public func finalNormOutput() -> [Float] {
+        guard let ws = workspace, let n = ws.rows else { return [] }
+        return ws.finalInput.array(count: n * hiddenSize)
+    }
+
+    /// Decoder layer `layer`'s cache from the latest forward pass. Under
+    /// gradient checkpointing only the last layer's is kept.
+    public func cache(layer: Int) -> DecoderLayerCache? {
+        guard let ws = workspace, !gradientCheckpointing || layer == layers.count - 1 else { return nil }
+        return ws.cache(layer: layer)
+    }
+
+    // MARK: - Private
+
+    private func validate(_ batch: TokenBatch) throws {
+        let n = batch.batchSize * batch.length
+        guard batch.batchSize > 0, batch.length > 0 else {
+            throw ModelError.invalidBatch(reason: "shape [\(batch.batchSize), \(batch.length)] is empty")
+        }
+        for (name, count) in [("tokens", batch.tokens.count), ("positions", batch.positions.count),
+                              ("attentionMask", batch.attentionMask?.count ?? n), ("targets", batch.targets?.count ?? n)]
+            where count != n {
+            throw ModelError.invalidBatch(reason: "\(name) has \(count) values, expected \(batch.batchSize)×\(batch.length)")
+        }
+        let v = vocabularySize
+        if let i = batch.tokens.firstIndex(where: { $0 < 0 || Int($0) >= v }) {
+            throw ModelError.invalidBatch(reason: "token \(batch.tokens[i]) at index \(i) is outside the vocabulary 0..<\(v)")
+        }
+        if let targets = batch.targets, let i = targets.firstIndex(where: { Int($0) >= v }) {
+            throw ModelError.invalidBatch(reason: "target \(targets[i]) at index \(i) is outside the vocabulary 0..<\(v)")
+        }
+        if let i = batch.positions.firstIndex(where: { $0 < 0 }) {
+            throw ModelError.invalidBatch(reason: "position \(batch.positions[i]) at index \(i) is negative")
+        }
+    }
+
+    /// Sizes the buffers for batches up to b × t now, so growing batches
+    /// (generation) do not reallocate at every step.
+    func reserve(batch b: Int, length t: Int) { _ = prepareWorkspace(batch: b, length: t) }
+
+    private func prepareWorkspace(batch b: Int, length t: Int) -> Workspace {
+        if let ws = workspace, ws.fits(batch: b, length: t) { return ws }
+        workspace = nil // free the old buffers before allocating the larger ones
+        let c = configuration
+        let ws = Workspace(rows: b * t, length: t, configuration: c, attention: layers[0].attention,
+                           cacheCount: gradientCheckpointing ? 1 : c.hiddenLayers)
+        workspace = ws
+        return ws
+    }
+}
+
+/// Every buffer one forward/backward pass uses, for up to `rowCapacity` rows
+/// and sequences up to `lengthCapacity` long, allocated once and reused while
+/// batches fit.
+private final class Workspace {
+    let rowCapacity: Int
+    let lengthCapacity: Int
+    /// L + 1 × [N, C]: residual[l] is the input of layer l, residual[L] the final one.
+    let residual: [FloatBuffer]
+    /// L caches, or one under gradient checkpointing.
+    let caches: [DecoderLayerCache]
+    let finalInput: FloatBuffer        // [N, C] final norm output, lm_head input
+    let finalRstd: FloatBuffer         // [N]
+    let logits: FloatBuffer            // [N, V], then ∂loss/∂logits
+    let logitLSE: FloatBuffer          // [N]
+    let cos: FloatBuffer               // [N, hd/2]
+    let sin: FloatBuffer               // [N, hd/2]
+    let attentionScratch: FloatBuffer
+    let gradients: LayerGradients
+    let residualGradient: FloatBuffer  // [N, C]
+    let tokens: UnsafeMutablePointer<Int32>     // [N]
+    let positions: UnsafeMutablePointer<Int32>  // [N]
+    let targets: UnsafeMutablePointer<Int32>    // [N]
+    let mask: UnsafeMutablePointer<UInt8>       // [N]
+    private(set) var hasMask = false
+    /// Rows of the batch loaded last.
+    private(set) var rows: Int?
+
+    init(rows n: Int, length t: Int, configuration c: LlamaConfiguration, attention: GroupedQueryAttention, cacheCount: Int) {
+        rowCapacity = n
+        lengthCapacity = t
+        let q = c.attentionHeads * c.headDimensions, kv = c.kvHeads * c.headDimensions
+        residual = (0...c.hiddenLayers).map { _ in FloatBuffer(count: n * c.hiddenSize) }
+        caches = (0..<cacheCount).map { _ in
+            DecoderLayerCache(rows: n, hidden: c.hiddenSize, queryWidth: q, kvWidth: kv, heads: c.attentionHeads,
+                              intermediate: c.intermediateSize)
+        }
+        finalInput = FloatBuffer(count: n * c.hiddenSize)
+        finalRstd = FloatBuffer(count: n)
+        logits = FloatBuffer(count: n * c.vocabularySize)
+        logitLSE = FloatBuffer(count: n)
+        cos = FloatBuffer(count: n * c.headDimensions / 2)
+        sin = FloatBuffer(count: n * c.headDimensions / 2)
+        // The scratch depends on B and T only through B·H chunks of T×T, bounded by the capacities.
+        attentionScratch = FloatBuffer(count: attention.scratchCount(batch: n, length: t))
+        gradients = LayerGradients(rows: n, hidden: c.hiddenSize, queryWidth: q, kvWidth: kv, intermediate: c.intermediateSize)
+        residualGradient = FloatBuffer(count: n * c.hiddenSize)
+        tokens = .allocate(capacity: n)
+        positions = .allocate(capacity: n)
+        targets = .allocate(capacity: n)
+        mask = .allocate(capacity: n)
+    }
+
+    deinit {
+        tokens.deallocate()
+        positions.deallocate()
+        targets.deallocate()
+        mask.deallocate()
+    }
+
+    func fits(batch b: Int, length t: Int) -> Bool { b * t <= rowCapacity && t <= lengthCapacity }
+
+    func cache(layer: Int) -> DecoderLayerCache { caches[caches.count == 1 ? 0 : layer] }
+
+    func load(_ batch: TokenBatch) {
+        let n = batch.batchSize * batch.length
+        tokens.update(from: batch.tokens, count: n)
+        positions.update(from: batch.positions, count: n)
+        if let t = batch.targets { targets.update(from: t, count: n) }
+        hasMask = batch.attentionMask != nil
+        if let m = batch.attentionMask { mask.update(from: m, count: n) }
+        rows = n
+    }
+
+    func context(batch b: Int, length t: Int, hasMask: Bool) -> BatchContext {
+        BatchContext(batch: b, length: t, mask: hasMask ? UnsafePointer(mask) : nil,
+                     cos: cos.pointer, sin: sin.pointer, attentionScratch: attentionScratch.pointer)
+    }
+}
