@@ -24,10 +24,13 @@ let package = Package(
         .target(name: "QLoRAStorage", dependencies: ["CQLoRAKernels", "CZstd"]),
         // Products with the frozen packed base on all cores.
         .target(name: "QLoRACompute", dependencies: ["QLoRAStorage", "CQLoRAKernels", "COpenBLAS"]),
+        // Model-independent training pieces: AdamW, schedules, datasets and batches,
+        // memory estimate, atomic training checkpoints, metrics.
+        .target(name: "QLoRATraining", dependencies: ["QLoRAStorage"]),
         // The public face: re-exports the modules above and carries the embedded default model.
         .target(
             name: "QLoRAKit",
-            dependencies: ["QLoRAStorage", "QLoRACompute"],
+            dependencies: ["QLoRAStorage", "QLoRACompute", "QLoRATraining"],
             resources: [.copy("Resources/stories260K")]
         ),
         .executableTarget(
@@ -39,5 +42,6 @@ let package = Package(
         .target(name: "_TestSupport", dependencies: ["QLoRAStorage"], path: "Tests/_TestSupport"),
         .testTarget(name: "CQLoRAKernelsTests", dependencies: ["CQLoRAKernels", "_TestSupport"]),
         .testTarget(name: "QLoRAStorageTests", dependencies: ["QLoRAStorage", "_TestSupport"]),
+        .testTarget(name: "QLoRATrainingTests", dependencies: ["QLoRATraining", "_TestSupport"]),
     ]
 )
