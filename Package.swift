@@ -27,10 +27,12 @@ let package = Package(
         // Model-independent training pieces: AdamW, schedules, datasets and batches,
         // memory estimate, atomic training checkpoints, metrics.
         .target(name: "QLoRATraining", dependencies: ["QLoRAStorage"]),
+        // SVG charts (loss curves, memory-vs-accuracy scatter); no dependencies.
+        .target(name: "QLoRAPlot"),
         // The public face: re-exports the modules above and carries the embedded default model.
         .target(
             name: "QLoRAKit",
-            dependencies: ["QLoRAStorage", "QLoRACompute", "QLoRATraining"],
+            dependencies: ["QLoRAStorage", "QLoRACompute", "QLoRATraining", "QLoRAPlot"],
             resources: [.copy("Resources/stories260K")]
         ),
         .executableTarget(
@@ -43,5 +45,6 @@ let package = Package(
         .testTarget(name: "CQLoRAKernelsTests", dependencies: ["CQLoRAKernels", "_TestSupport"]),
         .testTarget(name: "QLoRAStorageTests", dependencies: ["QLoRAStorage", "_TestSupport"]),
         .testTarget(name: "QLoRATrainingTests", dependencies: ["QLoRATraining", "_TestSupport"]),
+        .testTarget(name: "QLoRAPlotTests", dependencies: ["QLoRAPlot", "_TestSupport"]),
     ]
 )

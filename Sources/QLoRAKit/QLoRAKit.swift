@@ -2,6 +2,7 @@ import Foundation
 @_exported import QLoRAStorage
 @_exported import QLoRACompute
 @_exported import QLoRATraining
+@_exported import QLoRAPlot
 
 /// The model that ships inside the package: Andrej Karpathy's stories260K
 /// (MIT licence, llama2.c), converted to Hugging Face format. Its folder also
