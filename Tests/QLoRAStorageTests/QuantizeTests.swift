@@ -214,9 +214,15 @@ func writeSyntheticModel(to dir: URL, intermediateSize: Int = 256,
         let dir = try SafetensorsScratch.directory()
         defer { SafetensorsScratch.remove(dir) }
         let url = dir.appendingPathComponent("m.qlora")
-        _ = try Quantizer.quantize(modelDirectory: storiesDirectory, output: url,
-                                   options: QuantizeOptions(spec: QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8)))
+        let summary = try Quantizer.quantize(modelDirectory: storiesDirectory, output: url,
+                                             options: QuantizeOptions(spec: QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8)))
         let report = try PackedCheckpoint(url: url).report(verify: true)
+        // `quantize --json` states the same bit rates as `inspect --json`.
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        let written = try JSONSerialization.jsonObject(with: encoder.encode(summary)) as! [String: Any]
+        #expect(abs(try #require(written["bits_per_weight"] as? Double) - report.bitsPerWeight) < 1e-12)
+        #expect(abs(try #require(written["quantized_bits_per_weight"] as? Double) - report.quantizedBitsPerWeight) < 1e-12)
         let json = try JSONSerialization.jsonObject(with: report.jsonData()) as! [String: Any]
         // JSON text keeps doubles to within an ulp.
         #expect(abs(try #require(json["bits_per_weight"] as? Double) - report.bitsPerWeight) < 1e-12)
