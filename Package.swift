@@ -39,5 +39,7 @@ let package = Package(
         .target(name: "_TestSupport", dependencies: ["QLoRAStorage"], path: "Tests/_TestSupport"),
         .testTarget(name: "CQLoRAKernelsTests", dependencies: ["CQLoRAKernels", "_TestSupport"]),
         .testTarget(name: "QLoRAStorageTests", dependencies: ["QLoRAStorage", "_TestSupport"]),
+        .testTarget(
+            name: "QLoRAComputeTests", dependencies: ["QLoRACompute", "CQLoRAKernels", "COpenBLAS", "_TestSupport"]),
     ]
 )
