@@ -46,5 +46,7 @@ let package = Package(
         // Depends on QLoRAKit for the embedded stories260K tokenizer and its fine-tuning texts.
         .testTarget(name: "QLoRATokenizerTests", dependencies: ["QLoRATokenizer", "QLoRAKit", "_TestSupport"]),
         .testTarget(name: "QLoRAModelTests", dependencies: ["QLoRAKit", "_TestSupport"]),
+        .testTarget(
+            name: "QLoRAComputeTests", dependencies: ["QLoRACompute", "CQLoRAKernels", "COpenBLAS", "_TestSupport"]),
     ]
 )
