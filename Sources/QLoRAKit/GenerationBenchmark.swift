@@ -48,7 +48,7 @@ public enum GenerationBenchmark {
         /// read bandwidth ÷ (weight + KV bytes per token)
         public var boundTokensPerSecond: Double
         public var fractionOfBound: Double
-        /// VmRSS and VmHWM after decoding (the peak includes writing the file).
+        /// VmRSS after decoding, and VmHWM from loading the model to then.
         public var residentBytes: Int?
         public var peakResidentBytes: Int?
         public var writeSeconds: Double
@@ -89,6 +89,7 @@ public enum GenerationBenchmark {
             log("measuring read bandwidth over \(bufferBytes >> 20) MiB on \(threads) threads")
             bandwidth = max(bandwidth, readBandwidth(bytes: bufferBytes, threads: threads))
 
+            ResidentMemory.resetPeak() // the peak then covers this model alone, not the buffer or the writing
             let loaded = try LoadedModel(contentsOf: url)
             let model = loaded.model
             var generator = SplitMix64(seed: options.seed)

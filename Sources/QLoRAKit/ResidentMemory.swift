@@ -19,4 +19,10 @@ public struct ResidentMemory: Sendable, Equatable {
         guard let rss = kilobytes("VmRSS"), let hwm = kilobytes("VmHWM") else { return nil }
         return ResidentMemory(current: rss * 1024, peak: hwm * 1024)
     }
+
+    /// Restarts the peak (VmHWM) from the current resident size, so a later
+    /// `now()` shows the peak of what ran since. Linux only; a no-op elsewhere.
+    public static func resetPeak() {
+        try? Data("5".utf8).write(to: URL(fileURLWithPath: "/proc/self/clear_refs"))
+    }
 }
