@@ -25,12 +25,10 @@
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
 
-// Tile sizes: a KC-deep slab of A (MC rows) stays in L2, one 16 × KC panel
-// of the dequantized tile (16 KB) stays in L1 while every A panel streams past.
-#ifndef MBV
-#define MBV 144
-#endif
-enum { MR = 6, NR = 16, KC = 256, MC = 516, NC_FWD = 128, NC_BWD = 256, MB = MBV };
+// Tile sizes: X is packed MC rows × KC columns at a time; the dequantized
+// tile (at most 256 × KC) and MB rows of packed X stay in L2, one 16 × KC
+// panel of the tile (16 KB) stays in L1 while MB/6 panels of X stream past.
+enum { MR = 6, NR = 16, KC = 256, MC = 516, NC_FWD = 128, NC_BWD = 256, MB = 144 };
 
 // ----------------------------------------------------------------------------
 // Scales and block decoding (bit-exact with the reference)
@@ -321,6 +319,9 @@ AVX2 static void gemv_backward_any(float *restrict dx, const float *restrict dy,
 // C[6 × 16] (=|+=) A-panel · B-panel over kc; a is [kc][6], b is [kc][16].
 AVX2 __attribute__((noinline)) static void micro_6x16(const float *restrict a, const float *restrict b, int64_t kc, float *restrict c,
                             int64_t ldc, int first) {
+    // The C rows come from far away (Y is large); ask for them now so they
+    // arrive while the k loop runs instead of stalling the stores after it.
+    for (int r = 0; r < MR; r++) _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     for (int64_t k = 0; k < kc; k++, a += MR, b += NR) {
@@ -447,16 +448,17 @@ AVX2 static void pack_w_backward(float *restrict bp, const qk_packed *w, int64_t
 // C[m × nc] (=|+=) packed A · packed B panels, C with leading dimension ldc.
 AVX2 static void tile_multiply(float *restrict c, int64_t ldc, const float *restrict ap, const float *restrict bp,
                                int64_t m, int64_t nc, int64_t kc, int first) {
-    for (int64_t i0 = 0; i0 < m; i0 += MB)
-    for (int64_t j = 0; j < nc; j += NR) {
-        const float *b = bp + j * kc;
-        const int64_t cols = nc - j < NR ? nc - j : NR;
+    for (int64_t i0 = 0; i0 < m; i0 += MB) {
         const int64_t i1 = m - i0 < MB ? m : i0 + MB;
-        for (int64_t i = i0; i < i1; i += MR) {
-            const float *a = ap + i * kc;
-            const int64_t rows = m - i < MR ? m - i : MR;
-            if (rows == MR && cols == NR) micro_6x16(a, b, kc, c + i * ldc + j, ldc, first);
-            else micro_edge(a, b, kc, c + i * ldc + j, ldc, first, rows, cols);
+        for (int64_t j = 0; j < nc; j += NR) {
+            const float *b = bp + j * kc;
+            const int64_t cols = nc - j < NR ? nc - j : NR;
+            for (int64_t i = i0; i < i1; i += MR) {
+                const float *a = ap + i * kc;
+                const int64_t rows = m - i < MR ? m - i : MR;
+                if (rows == MR && cols == NR) micro_6x16(a, b, kc, c + i * ldc + j, ldc, first);
+                else micro_edge(a, b, kc, c + i * ldc + j, ldc, first, rows, cols);
+            }
         }
     }
 }
