@@ -193,7 +193,7 @@ enum { STEP_BATCH = 64 };
 // The step of blocks [first, first + count): absmax / 127, absmax / 7 or
 // absmax, computed as the reference does, so the loops over weights carry no
 // branch on the scale storage or the type.
-AVX2 static void block_steps(float *restrict d, const qk_packed *w, int64_t first, int64_t count) {
+AVX2 void qk_block_steps_avx2(float *restrict d, const qk_packed *w, int64_t first, int64_t count) {
     int64_t i = 0;
     switch (w->scale_kind) {
     case QK_SCALE_F32: memcpy(d, (const float *)w->scales + first, (size_t)count * sizeof(float)); break;
@@ -270,7 +270,7 @@ AVX2_INLINE void gemv_forward(float *restrict y, const float *restrict xp, const
         for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
         const uint8_t *c = w->codes + (size_t)(o * bpr) * bb;
         for (int64_t b = 0; b < bpr; b++, c += bb) {
-            if (b % STEP_BATCH == 0) block_steps(d, w, o * bpr + b, bpr - b < STEP_BATCH ? bpr - b : STEP_BATCH);
+            if (b % STEP_BATCH == 0) qk_block_steps_avx2(d, w, o * bpr + b, bpr - b < STEP_BATCH ? bpr - b : STEP_BATCH);
             __m256 p0[QK_GEMV_MAX_N], p1[QK_GEMV_MAX_N];
             for (int t = 0; t < NT; t++) p0[t] = p1[t] = _mm256_setzero_ps();
             const float *xb = xp + b * B;
@@ -308,7 +308,7 @@ AVX2_INLINE void gemv_backward(float *restrict dxp, const float *restrict dy, co
         for (int64_t b = b0; b < b1; b++) {
             if ((b - b0) % STEP_BATCH == 0)
                 for (int r = 0; r < R; r++)
-                    block_steps(d[r], w, (o + r) * bpr + b, b1 - b < STEP_BATCH ? b1 - b : STEP_BATCH);
+                    qk_block_steps_avx2(d[r], w, (o + r) * bpr + b, b1 - b < STEP_BATCH ? b1 - b : STEP_BATCH);
             __m256 s[4][QK_GEMV_MAX_N];  // [row][token]: dy · block step
             const uint8_t *c[4];
             for (int r = 0; r < R; r++) {
@@ -604,7 +604,8 @@ void qk_matmul_forward_avx2(float *restrict y, const float *restrict x, int64_t 
         for (int64_t i = 0; i < n; i++) memset(y + i * w->rows + begin, 0, (size_t)(end - begin) * sizeof(float));
         return;
     }
-    if (gemv_applies(w, n)) gemv_forward_any(y, x, n, w, begin, end, scratch);
+    if (gemv_applies(w, n) && qk_gemv_avx512_applies(w)) qk_gemv_forward_avx512(y, x, n, w, begin, end);
+    else if (gemv_applies(w, n)) gemv_forward_any(y, x, n, w, begin, end, scratch);
     else tiled_forward(y, x, n, w, begin, end, scratch);
 }
 
@@ -617,8 +618,10 @@ void qk_matmul_backward_avx2(float *restrict dx, const float *restrict dy, int64
         return;
     }
     const int64_t B = w->block_size;
-    if (gemv_applies(w, n) && begin % B == 0 && end % B == 0)
-        gemv_backward_any(dx, dy, n, w, begin, end, accumulate, scratch);
+    if (gemv_applies(w, n) && begin % B == 0 && end % B == 0) {
+        if (qk_gemv_avx512_applies(w)) qk_gemv_backward_avx512(dx, dy, n, w, begin, end, accumulate);
+        else gemv_backward_any(dx, dy, n, w, begin, end, accumulate, scratch);
+    }
     else tiled_backward(dx, dy, n, w, begin, end, accumulate, scratch);
 }
 
