@@ -57,6 +57,13 @@ void qk_matmul_forward_avx2(float *restrict y, const float *restrict x, int64_t 
                             int64_t begin, int64_t end, float *restrict scratch);
 void qk_matmul_backward_avx2(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
                              int64_t begin, int64_t end, int32_t accumulate, float *restrict scratch);
+void qk_block_steps_avx2(float *restrict d, const qk_packed *w, int64_t first, int64_t count);
+// qgemm_avx512.c: the 4-bit few-rows paths, when the CPU has AVX-512F.
+int qk_gemv_avx512_applies(const qk_packed *w);
+void qk_gemv_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
+                            int64_t begin, int64_t end);
+void qk_gemv_backward_avx512(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
+                             int64_t begin, int64_t end, int32_t accumulate);
 #endif
 
 #endif

@@ -98,8 +98,19 @@ struct PackedCase {
     }
 }
 
-@Suite struct MatmulKernelTests {
+// Serialized: cases switch the AVX-512 sub-path on and off (a process-wide
+// setting) to check both SIMD variants against the reference.
+@Suite(.serialized) struct MatmulKernelTests {
     static let tolerance = 1e-5
+
+    /// Runs `body` with the AVX-512 sub-path off, then on (where the CPU has it).
+    static func bothVariants(_ body: (String) throws -> Void) rethrows {
+        defer { qk_matmul_allow_avx512(1) }
+        for allow: Int32 in [0, 1] {
+            qk_matmul_allow_avx512(allow)
+            try body(allow == 0 ? "avx2" : "avx512 if available")
+        }
+    }
 
     @Test(arguments: allSpecs)
     func fastPathMatchesReference(spec: QuantSpec) throws {
@@ -110,11 +121,13 @@ struct PackedCase {
                 let x = rng.gaussian(count: n * cols), dy = rng.gaussian(count: n * rows)
                 let label = "\(spec) \(rows)x\(cols) n=\(n)"
                 let yRef = c.forward(x, n: n, slices: 1, reference: true)
-                let y = c.forward(x, n: n, slices: 3, reference: false)
-                #expect(relativeError(y, yRef) < Self.tolerance, "forward \(label)")
                 let dxRef = c.backward(dy, n: n, slices: 1, reference: true)
-                let dx = c.backward(dy, n: n, slices: 3, reference: false)
-                #expect(relativeError(dx, dxRef) < Self.tolerance, "backward \(label)")
+                Self.bothVariants { variant in
+                    let y = c.forward(x, n: n, slices: 3, reference: false)
+                    #expect(relativeError(y, yRef) < Self.tolerance, "forward \(label) \(variant)")
+                    let dx = c.backward(dy, n: n, slices: 3, reference: false)
+                    #expect(relativeError(dx, dxRef) < Self.tolerance, "backward \(label) \(variant)")
+                }
             }
         }
     }
@@ -168,11 +181,13 @@ struct PackedCase {
         let c = try PackedCase(QuantSpec(type: .nf4, blockSize: 32, scaleKind: .f16), rows: 70, cols: 256, seed: 5)
         var rng = SeededGenerator(seed: 6)
         let x = rng.gaussian(count: n * 256), dy = rng.gaussian(count: n * 70)
-        let y1 = c.forward(x, n: n, slices: 1, reference: false)
-        let dx1 = c.backward(dy, n: n, slices: 1, reference: false)
-        for slices in [2, 3, 5] {
-            #expect(c.forward(x, n: n, slices: slices, reference: false) == y1)
-            #expect(c.backward(dy, n: n, slices: slices, reference: false) == dx1)
+        Self.bothVariants { variant in
+            let y1 = c.forward(x, n: n, slices: 1, reference: false)
+            let dx1 = c.backward(dy, n: n, slices: 1, reference: false)
+            for slices in [2, 3, 5] {
+                #expect(c.forward(x, n: n, slices: slices, reference: false) == y1, "\(variant)")
+                #expect(c.backward(dy, n: n, slices: slices, reference: false) == dx1, "\(variant)")
+            }
         }
     }
 
@@ -183,9 +198,11 @@ struct PackedCase {
         var rng = SeededGenerator(seed: 10)
         let dy = rng.gaussian(count: n * rows), base = rng.gaussian(count: n * cols)
         let plain = c.backward(dy, n: n, slices: 2, reference: true)
-        let summed = c.backward(dy, n: n, slices: 2, reference: false, into: base)
         let expected = zip(plain, base).map { $0 + $1 }
-        #expect(relativeError(summed, expected) < Self.tolerance)
+        Self.bothVariants { variant in
+            let summed = c.backward(dy, n: n, slices: 2, reference: false, into: base)
+            #expect(relativeError(summed, expected) < Self.tolerance, "\(variant)")
+        }
     }
 
     /// The span decoder behind the tiles reproduces the codec reference bit for
