@@ -45,6 +45,8 @@ public enum GenerationBenchmark {
         public var prefillTokensPerSecond: Double
         public var decodeTokens: Int
         public var decodeTokensPerSecond: Double
+        /// Streaming read bandwidth measured right after decoding (`KernelBenchmark.memoryBandwidth`).
+        public var readBandwidthBytesPerSecond: Double
         /// read bandwidth ÷ (weight + KV bytes per token)
         public var boundTokensPerSecond: Double
         public var fractionOfBound: Double
@@ -61,9 +63,6 @@ public enum GenerationBenchmark {
         public var isa: String
         public var threads: Int
         public var lastLevelCacheBytes: Int
-        /// Streaming read on all threads (`KernelBenchmark.memoryBandwidth`), the best
-        /// of its measurements between the models.
-        public var readBandwidthBytesPerSecond: Double
         /// /proc/loadavg's 1/5/15-minute figures before and after: other work on the machine.
         public var loadAverageStart: String
         public var loadAverageEnd: String
@@ -80,17 +79,12 @@ public enum GenerationBenchmark {
         defer { try? FileManager.default.removeItem(at: directory) }
         let c = options.configuration
         var cases: [Case] = []
-        var bandwidth = 0.0
         for spec in options.specs {
             let url = directory.appendingPathComponent("\(spec.type)-\(spec.blockSize)-\(spec.scaleKind.rawValue).qlora")
             log("writing a random \(c.hiddenLayers)-layer model packed as \(spec)")
             let written = ContinuousClock.now
             try writeRandomModel(c, spec: spec, to: url, seed: options.seed)
             let writeSeconds = (ContinuousClock.now - written) / .seconds(1)
-            // Measured between the models, when nothing else of ours is running.
-            log("measuring read bandwidth on \(machine.threads) threads")
-            bandwidth = max(bandwidth, kernels.memoryBandwidth())
-
             resetPeakResidentMemory() // the peak then covers this model alone, not the buffer or the writing
             let loaded = try LoadedModel(contentsOf: url)
             let model = loaded.model
@@ -103,6 +97,9 @@ public enum GenerationBenchmark {
             _ = try model.generate(prompt: prompt, maxTokens: 3, sampler: &sampler, cache: cache)
             let result = try model.generate(prompt: prompt, maxTokens: options.decodeTokens + 1, sampler: &sampler, cache: cache)
             let memory = ResidentMemory.sample()
+            // Right after decoding, in the same state of the machine; the model is still mapped.
+            log("measuring read bandwidth on \(machine.threads) threads")
+            let bandwidth = kernels.memoryBandwidth()
 
             let weights = weightBytesPerToken(model)
             let meanPosition = options.promptTokens + options.decodeTokens / 2
@@ -111,14 +108,14 @@ public enum GenerationBenchmark {
             cases.append(Case(spec: spec.description, fileBytes: loaded.weightFileBytes, weightBytesPerToken: weights,
                               kvBytesPerToken: kv, prefillTokensPerSecond: result.promptTokensPerSecond,
                               decodeTokens: result.decodeSteps, decodeTokensPerSecond: result.decodeTokensPerSecond,
-                              boundTokensPerSecond: bound, fractionOfBound: result.decodeTokensPerSecond / bound,
+                              readBandwidthBytesPerSecond: bandwidth, boundTokensPerSecond: bound, fractionOfBound: result.decodeTokensPerSecond / bound,
                               residentBytes: memory.current, peakResidentBytes: memory.peak, writeSeconds: writeSeconds))
             try? FileManager.default.removeItem(at: url)
         }
         let parameters = c.tensorInventory.filter { !(c.tieWordEmbeddings && $0.kind == .outputHead) }
             .reduce(0) { $0 + $1.shape.reduce(1, *) }
         return Report(parameters: parameters, cpu: machine.cpu, isa: machine.isa, threads: machine.threads,
-                      lastLevelCacheBytes: machine.lastLevelCacheBytes, readBandwidthBytesPerSecond: bandwidth,
+                      lastLevelCacheBytes: machine.lastLevelCacheBytes,
                       loadAverageStart: machine.loadAverage, loadAverageEnd: KernelBenchmark.loadAverage(), cases: cases)
     }
 
