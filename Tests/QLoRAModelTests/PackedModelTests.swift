@@ -8,8 +8,9 @@ import _TestSupport
     /// Quantizes `folder` into a temporary packed file and opens it. The file
     /// is deleted at once: the model's views keep the mapping alive.
     static func packed(_ folder: URL, _ options: QuantizeOptions) throws -> LoadedModel {
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("packed-\(UUID().uuidString).qlora")
-        defer { try? FileManager.default.removeItem(at: url) }
+        let directory = try TemporaryDirectory("packed")
+        defer { directory.remove() }
+        let url = directory.appending("model.qlora")
         _ = try Quantizer.quantize(modelDirectory: folder, output: url, options: options)
         return try LoadedModel(contentsOf: url)
     }
