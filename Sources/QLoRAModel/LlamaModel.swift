@@ -14,6 +14,9 @@ import QLoRAStorage
 /// projection's input into the adapters' gradients; the embedding, norms and
 /// base weights get none.
 ///
+/// Inference (generation, evaluation) runs through `forward(_:cache:logits:)`
+/// with a `KVCache` instead, which keeps no training caches.
+///
 /// Not thread-safe: one forward/backward at a time (each one uses all cores).
 public final class LlamaModel {
     public let configuration: LlamaConfiguration
@@ -179,10 +182,6 @@ public final class LlamaModel {
             throw ModelError.invalidBatch(reason: "position \(batch.positions[i]) at index \(i) is negative")
         }
     }
-
-    /// Sizes the buffers for batches up to b × t now, so growing batches
-    /// (generation) do not reallocate at every step.
-    func reserve(batch b: Int, length t: Int) { _ = prepareWorkspace(batch: b, length: t) }
 
     private func prepareWorkspace(batch b: Int, length t: Int) -> Workspace {
         if let ws = workspace, ws.fits(batch: b, length: t) { return ws }
