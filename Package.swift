@@ -24,6 +24,11 @@ let package = Package(
         .target(name: "QLoRAStorage", dependencies: ["CQLoRAKernels", "CZstd"]),
         // Products with the frozen packed base on all cores.
         .target(name: "QLoRACompute", dependencies: ["QLoRAStorage", "CQLoRAKernels", "COpenBLAS"]),
+        // Model-independent training pieces: AdamW, schedules, datasets and batches,
+        // memory estimate, atomic training checkpoints, metrics.
+        .target(name: "QLoRATraining", dependencies: ["QLoRAStorage"]),
+        // SVG charts (loss curves, memory-vs-accuracy scatter); no dependencies.
+        .target(name: "QLoRAPlot"),
         // Hugging Face tokenizer.json (byte-level and SentencePiece-style BPE), pure Swift.
         .target(name: "QLoRATokenizer"),
         // Llama layers with hand-written forward and backward, adapters attached to the frozen linears.
@@ -31,7 +36,7 @@ let package = Package(
         // The public face: re-exports the modules above and carries the embedded default model.
         .target(
             name: "QLoRAKit",
-            dependencies: ["QLoRAStorage", "QLoRACompute", "QLoRATokenizer", "QLoRAModel"],
+            dependencies: ["QLoRAStorage", "QLoRACompute", "QLoRATokenizer", "QLoRAModel", "QLoRATraining", "QLoRAPlot"],
             resources: [.copy("Resources/stories260K")]
         ),
         .executableTarget(
@@ -46,5 +51,7 @@ let package = Package(
         // Depends on QLoRAKit for the embedded stories260K tokenizer and its fine-tuning texts.
         .testTarget(name: "QLoRATokenizerTests", dependencies: ["QLoRATokenizer", "QLoRAKit", "_TestSupport"]),
         .testTarget(name: "QLoRAModelTests", dependencies: ["QLoRAKit", "_TestSupport"]),
+        .testTarget(name: "QLoRATrainingTests", dependencies: ["QLoRATraining", "_TestSupport"]),
+        .testTarget(name: "QLoRAPlotTests", dependencies: ["QLoRAPlot", "_TestSupport"]),
     ]
 )

@@ -3,6 +3,8 @@ import Foundation
 @_exported import QLoRACompute
 @_exported import QLoRATokenizer
 @_exported import QLoRAModel
+@_exported import QLoRATraining
+@_exported import QLoRAPlot
 
 /// The model that ships inside the package: Andrej Karpathy's stories260K
 /// (MIT licence, llama2.c), converted to Hugging Face format. Its folder also

@@ -1,0 +1,242 @@
+// How much memory a training run will need, worked out before it starts.
+//
+// Notation: B batch size, T sequence length, L layers, H hidden size, Hq = heads·headDim,
+// Hkv = kvHeads·headDim, I intermediate size, V vocabulary, nh heads, r LoRA rank;
+// every activation, gradient and trainable value is fp32 (4 bytes).
+//
+//   base weights        the seven projections of every block: packed bytes (PackedLayout
+//                       of each tensor's flattened weight) or 4 bytes per weight
+//   embeddings, norms   4·(V·H · (1, or 2 when lm_head is untied) + (2L + 1)·H + biases)
+//   adapter             4 · 4P: weights, gradients and AdamW's m and v, where
+//                       P = L · Σ over targets of r·(in + out)
+//   one layer's saved   4·B·(T·a + nh·T²), where per token
+//   activations           a = 6H + 2 + 2Hq + 2Hkv + 3I + nh + Σ_targets (r + in·[dropout])
+//                       (block input, two norm outputs and their 1/rms, q, k, v, the
+//                       attention output, the mid-block residual, gate, up and their
+//                       product, per-head softmax statistics, each adapter's A·x and
+//                       dropped input) and nh·T² the attention probabilities
+//   activations         L · one layer; with gradient checkpointing only each block's
+//                       input is kept (L·4·B·T·H) plus one layer's activations while it
+//                       is recomputed during backward
+//   logits              4·B·T·(H + 1 + 2V): final norm output and 1/rms, logits and their gradient
+//   scratch             the gradients flowing through the layer in backward (one layer's
+//                       activations again) and two residual-stream gradients, 2·4·B·T·H
+//
+// This describes a straightforward implementation (no fused attention, no chunked
+// loss); it is meant to be a little pessimistic, not exact. With a limit, `check`
+// refuses a run that does not fit and says which single change — batch size,
+// sequence length, gradient checkpointing or LoRA rank — brings it under, and to what.
+
+import Foundation
+import QLoRAStorage
+
+/// The settings of a training run that decide its memory.
+public struct TrainingMemoryPlan: Hashable, Sendable {
+    /// How the frozen projections are stored.
+    public enum BaseWeights: Hashable, Sendable {
+        case fp32
+        case packed(QuantSpec)
+        /// A measured size (for example the packed checkpoint's file size).
+        case bytes(Int)
+    }
+
+    public var configuration: LlamaConfiguration
+    public var base: BaseWeights
+    public var batchSize: Int
+    public var sequenceLength: Int
+    public var loraRank: Int
+    /// Projections that get an adapter (linear weight kinds).
+    public var loraTargets: [LlamaTensor.Kind]
+    /// Whether LoRA dropout is on (each adapter then keeps its dropped input).
+    public var loraDropout: Bool
+    public var gradientCheckpointing: Bool
+
+    public init(configuration: LlamaConfiguration, base: BaseWeights, batchSize: Int, sequenceLength: Int, loraRank: Int,
+                loraTargets: [LlamaTensor.Kind], loraDropout: Bool = false, gradientCheckpointing: Bool = false) {
+        self.configuration = configuration
+        self.base = base
+        self.batchSize = batchSize
+        self.sequenceLength = sequenceLength
+        self.loraRank = loraRank
+        self.loraTargets = loraTargets
+        self.loraDropout = loraDropout
+        self.gradientCheckpointing = gradientCheckpointing
+    }
+
+    /// The estimate for these settings (see the file comment for the formula).
+    public func estimate() -> MemoryEstimate {
+        let c = configuration
+        let b = Double(batchSize), t = Double(sequenceLength), layers = Double(c.hiddenLayers)
+        let h = Double(c.hiddenSize), hq = Double(c.attentionHeads * c.headDimensions)
+        let hkv = Double(c.kvHeads * c.headDimensions), inter = Double(c.intermediateSize)
+        let v = Double(c.vocabularySize), heads = Double(c.attentionHeads)
+        let inventory = c.tensorInventory
+
+        var base = 0.0
+        switch self.base {
+        case .fp32: base = 4 * inventory.filter(\.kind.isLinearWeight).reduce(0) { $0 + Double($1.shape.reduce(1, *)) }
+        case let .packed(spec):
+            base = inventory.filter(\.kind.isLinearWeight).reduce(0) { $0 + Double(PackedLayout(spec: spec, count: $1.shape.reduce(1, *)).totalBytes) }
+        case let .bytes(n): base = Double(n)
+        }
+        let frozen = inventory.filter { !$0.kind.isLinearWeight && $0.isRequired }  // a tied lm_head is not required
+        let embeddings = 4 * frozen.reduce(0) { $0 + Double($1.shape.reduce(1, *)) }
+
+        // Shapes of the targeted projections in one block: [out, in].
+        let targets = inventory.filter { $0.layer == 0 && loraTargets.contains($0.kind) }.map { (out: Double($0.shape[0]), in: Double($0.shape[1])) }
+        let r = Double(loraRank)
+        let adapterParameters = layers * targets.reduce(0) { $0 + r * ($1.in + $1.out) }
+        let adapter = 4 * 4 * adapterParameters
+
+        let perToken = 6 * h + 2 + 2 * hq + 2 * hkv + 3 * inter + heads
+            + targets.reduce(0) { $0 + r + (loraDropout ? $1.in : 0) }
+        let layer = 4 * b * (t * perToken + heads * t * t)
+        let activations = gradientCheckpointing ? layers * 4 * b * t * h + layer : layers * layer
+        let logits = 4 * b * t * (h + 1 + 2 * v)
+        let scratch = layer + 2 * 4 * b * t * h
+
+        return MemoryEstimate(baseWeights: Self.bytes(base), embeddingsAndNorms: Self.bytes(embeddings),
+                              activations: Self.bytes(activations), logits: Self.bytes(logits),
+                              adapter: Self.bytes(adapter), scratch: Self.bytes(scratch),
+                              adapterParameters: Self.bytes(adapterParameters), activationsPerLayer: Self.bytes(layer))
+    }
+
+    /// Throws `MemoryLimitError` when the estimate exceeds `limit` bytes; the error
+    /// lists every single change of batch size, sequence length, gradient checkpointing
+    /// or rank that would fit, each as large as possible.
+    public func check(limit: Int) throws {
+        let estimate = estimate()
+        guard estimate.total > limit else { return }
+        var fixes: [MemoryLimitError.Fix] = []
+        if !gradientCheckpointing {
+            var p = self
+            p.gradientCheckpointing = true
+            let total = p.estimate().total
+            if total <= limit { fixes.append(.init(knob: .gradientCheckpointing, total: total)) }
+        }
+        let numeric: [(MemoryLimitError.Knob, Int, WritableKeyPath<TrainingMemoryPlan, Int>)] = [
+            (.batchSize, batchSize, \.batchSize), (.sequenceLength, sequenceLength, \.sequenceLength), (.loraRank, loraRank, \.loraRank),
+        ]
+        for (knob, current, path) in numeric {
+            if let (value, total) = largestFitting(path, below: current, limit: limit) {
+                fixes.append(.init(knob: knob, value: value, total: total))
+            }
+        }
+        var floor = self
+        floor.batchSize = 1
+        floor.loraRank = 1
+        floor.gradientCheckpointing = true
+        throw MemoryLimitError(estimate: estimate, limit: limit, fixes: fixes, smallest: floor.estimate())
+    }
+
+    /// The largest value of `path` in 1..<current whose estimate fits, by bisection
+    /// (the estimate grows with each of these settings).
+    private func largestFitting(_ path: WritableKeyPath<TrainingMemoryPlan, Int>, below current: Int, limit: Int) -> (Int, Int)? {
+        func total(_ value: Int) -> Int {
+            var p = self
+            p[keyPath: path] = value
+            return p.estimate().total
+        }
+        guard current > 1, total(1) <= limit else { return nil }
+        var lo = 1, hi = current - 1
+        while lo < hi {
+            let mid = (lo + hi + 1) / 2
+            if total(mid) <= limit { lo = mid } else { hi = mid - 1 }
+        }
+        return (lo, total(lo))
+    }
+
+    private static func bytes(_ x: Double) -> Int { x >= Double(Int.max) ? Int.max : Int(x.rounded(.up)) }
+}
+
+/// Estimated bytes by purpose.
+public struct MemoryEstimate: Hashable, Sendable, CustomStringConvertible {
+    public var baseWeights: Int
+    public var embeddingsAndNorms: Int
+    public var activations: Int
+    public var logits: Int
+    /// Adapter weights, gradients and both AdamW moments.
+    public var adapter: Int
+    public var scratch: Int
+    /// Trainable parameters (not bytes).
+    public var adapterParameters: Int
+    /// Saved activations of one block.
+    public var activationsPerLayer: Int
+
+    public var total: Int {
+        [baseWeights, embeddingsAndNorms, activations, logits, adapter, scratch].reduce(0) { $0.addingReportingOverflow($1).overflow ? Int.max : $0 + $1 }
+    }
+
+    public var description: String {
+        "\(Self.format(total)) = base weights \(Self.format(baseWeights)) + embeddings and norms \(Self.format(embeddingsAndNorms))"
+            + " + activations \(Self.format(activations)) (\(Self.format(activationsPerLayer)) per layer) + logits \(Self.format(logits))"
+            + " + adapter \(Self.format(adapter)) (\(adapterParameters) parameters with gradients and AdamW moments) + scratch \(Self.format(scratch))"
+    }
+
+    /// "1.50 GiB", "12.0 MiB", "512 B".
+    public static func format(_ bytes: Int) -> String {
+        let b = Double(bytes)
+        let kib = 1024.0, mib = kib * kib, gib = mib * kib
+        if b >= gib { return String(format: "%.2f GiB", b / gib) }
+        if b >= mib { return String(format: "%.1f MiB", b / mib) }
+        if b >= kib { return String(format: "%.1f KiB", b / kib) }
+        return "\(bytes) B"
+    }
+}
+
+/// A training run that would not fit its memory limit, with the changes that would.
+public struct MemoryLimitError: Error, LocalizedError, Hashable, Sendable {
+    /// A setting that lowers the estimate; `flag` is the qlora option that sets it.
+    public enum Knob: String, Hashable, Sendable {
+        case batchSize, sequenceLength, gradientCheckpointing, loraRank
+
+        public var flag: String {
+            switch self {
+            case .batchSize: "--batch-size"
+            case .sequenceLength: "--max-seq-length"
+            case .gradientCheckpointing: "--grad-checkpoint"
+            case .loraRank: "--lora-rank"
+            }
+        }
+    }
+
+    /// One change that fits on its own.
+    public struct Fix: Hashable, Sendable {
+        public var knob: Knob
+        /// The new value (nil for the on/off checkpointing switch).
+        public var value: Int?
+        /// The estimate with this change.
+        public var total: Int
+
+        public init(knob: Knob, value: Int? = nil, total: Int) {
+            self.knob = knob
+            self.value = value
+            self.total = total
+        }
+    }
+
+    public var estimate: MemoryEstimate
+    public var limit: Int
+    public var fixes: [Fix]
+    /// The estimate with batch size 1, rank 1 and gradient checkpointing.
+    public var smallest: MemoryEstimate
+
+    public var errorDescription: String? {
+        let f = MemoryEstimate.format
+        var text = "training needs an estimated \(f(estimate.total)), over the \(f(limit)) memory limit by \(f(estimate.total - limit)).\n"
+            + "  estimate: \(estimate)\n"
+        if fixes.isEmpty {
+            text += "  no single change of \(Knob.batchSize.flag), \(Knob.sequenceLength.flag), \(Knob.gradientCheckpointing.flag) or \(Knob.loraRank.flag) is enough"
+            text += smallest.total <= limit
+                ? "; combine them (with \(Knob.batchSize.flag) 1 \(Knob.gradientCheckpointing.flag) \(Knob.loraRank.flag) 1 it needs \(f(smallest.total)))"
+                : "; even with \(Knob.batchSize.flag) 1 \(Knob.gradientCheckpointing.flag) \(Knob.loraRank.flag) 1 it needs \(f(smallest.total)), of which the frozen weights take \(f(smallest.baseWeights + smallest.embeddingsAndNorms)): use a smaller quantization, a shorter sequence, or raise the limit"
+        } else {
+            text += "  any one of these fits:"
+            for fix in fixes {
+                let setting = fix.value.map { "\(fix.knob.flag) \($0)" } ?? fix.knob.flag
+                text += "\n    \(setting)  (estimate \(f(fix.total)), saves \(f(estimate.total - fix.total)))"
+            }
+        }
+        return text
+    }
+}

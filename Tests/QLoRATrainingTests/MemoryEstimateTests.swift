@@ -1,0 +1,118 @@
+// The memory estimate: a worked example by hand, monotonicity in every setting, and
+// the refusal that names the change that fits.
+
+import Foundation
+import QLoRAStorage
+import QLoRATraining
+import Testing
+
+@Suite struct MemoryEstimateTests {
+    /// H 8, I 16, 2 layers, 2 heads of 4, 1 kv head, vocabulary 32, untied.
+    let tiny = LlamaConfiguration(hiddenSize: 8, intermediateSize: 16, hiddenLayers: 2, attentionHeads: 2, kvHeads: 1, vocabularySize: 32)
+
+    private func plan(_ c: LlamaConfiguration? = nil, base: TrainingMemoryPlan.BaseWeights = .fp32, batch: Int = 2, length: Int = 4,
+                      rank: Int = 2, targets: [LlamaTensor.Kind] = [.qProj, .vProj], dropout: Bool = false,
+                      checkpointing: Bool = false) -> TrainingMemoryPlan {
+        TrainingMemoryPlan(configuration: c ?? tiny, base: base, batchSize: batch, sequenceLength: length, loraRank: rank,
+                           loraTargets: targets, loraDropout: dropout, gradientCheckpointing: checkpointing)
+    }
+
+    @Test func workedExample() {
+        let e = plan().estimate()
+        // Projections per layer: q 8·8, k 4·8, v 4·8, o 8·8, gate/up 16·8, down 8·16 = 576; 2 layers, 4 bytes.
+        #expect(e.baseWeights == 576 * 2 * 4)
+        // Embedding and lm_head 32·8 each, norms (2·2 + 1)·8.
+        #expect(e.embeddingsAndNorms == (256 + 256 + 40) * 4)
+        // q: 2·(8 + 8), v: 2·(8 + 4) per layer; weights, grads, m, v in fp32.
+        #expect(e.adapterParameters == 2 * (32 + 24))
+        #expect(e.adapter == 112 * 16)
+        // Per token: 6·8 + 2 + 2·8 + 2·4 + 3·16 + 2 heads + 2 + 2 (A·x of q and v) = 128.
+        let layer = 4 * 2 * (4 * 128 + 2 * 4 * 4)
+        #expect(e.activationsPerLayer == layer)
+        #expect(e.activations == 2 * layer)
+        #expect(e.logits == 4 * 2 * 4 * (8 + 1 + 64))
+        #expect(e.scratch == layer + 2 * 4 * 2 * 4 * 8)
+        #expect(e.total == 4608 + 2208 + 8704 + 2336 + 1792 + 4864)
+
+        let checkpointed = plan(checkpointing: true).estimate()
+        #expect(checkpointed.activations == 2 * 4 * 2 * 4 * 8 + layer)
+        // Dropout keeps each target's input: 8 more floats per token for q and for v.
+        #expect(plan(dropout: true).estimate().activationsPerLayer == 4 * 2 * (4 * 144 + 2 * 4 * 4))
+    }
+
+    @Test func packedBaseUsesThePackedLayout() {
+        let spec = QuantSpec(type: .nf4, blockSize: 64, scaleKind: .f32)
+        let e = plan(base: .packed(spec)).estimate()
+        let perLayer = [64, 32, 32, 64, 128, 128, 128].reduce(0) { $0 + PackedLayout(spec: spec, count: $1).totalBytes }
+        #expect(e.baseWeights == 2 * perLayer)
+        #expect(plan(base: .bytes(12345)).estimate().baseWeights == 12345)
+    }
+
+    @Test func realisticSevenBillionModel() {
+        // Llama-2-7B's shape, NF4 with double quantization: the QLoRA paper's setting.
+        let llama = LlamaConfiguration(hiddenSize: 4096, intermediateSize: 11008, hiddenLayers: 32, attentionHeads: 32, vocabularySize: 32000)
+        let e = plan(llama, base: .packed(QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8)), batch: 1, length: 512, rank: 16,
+                     checkpointing: true).estimate()
+        let gib = Double(1 << 30)
+        // 6.48e9 projection weights at about 4.13 bits.
+        #expect(Double(e.baseWeights) / gib > 3.0 && Double(e.baseWeights) / gib < 3.3)
+        #expect(e.adapterParameters == 32 * 16 * (8192 + 8192))
+        #expect(Double(e.total) / gib > 4 && Double(e.total) / gib < 8, "\(e)")
+    }
+
+    @Test func growsWithEverySetting() {
+        let base = plan(batch: 2, length: 8, rank: 4).estimate().total
+        #expect(plan(batch: 3, length: 8, rank: 4).estimate().total > base)
+        #expect(plan(batch: 2, length: 9, rank: 4).estimate().total > base)
+        #expect(plan(batch: 2, length: 8, rank: 5).estimate().total > base)
+        #expect(plan(batch: 2, length: 8, rank: 4, targets: [.qProj, .vProj, .downProj]).estimate().total > base)
+        #expect(plan(batch: 2, length: 8, rank: 4, dropout: true).estimate().total > base)
+        #expect(plan(batch: 2, length: 8, rank: 4, checkpointing: true).estimate().total < base)
+        var deeper = tiny
+        deeper.hiddenLayers = 3
+        #expect(plan(deeper, batch: 2, length: 8, rank: 4).estimate().total > base)
+    }
+
+    @Test func refusalNamesEachChangeThatFits() throws {
+        let p = plan(batch: 8, length: 64, rank: 8)
+        let total = p.estimate().total
+        let limit = total * 3 / 4
+        do {
+            try p.check(limit: limit)
+            Issue.record("no refusal at 3/4 of the estimate")
+        } catch let error as MemoryLimitError {
+            #expect(!error.fixes.isEmpty)
+            for fix in error.fixes {
+                #expect(fix.total <= limit)
+                var changed = p, larger = p
+                switch fix.knob {
+                case .batchSize: changed.batchSize = fix.value!; larger.batchSize = fix.value! + 1
+                case .sequenceLength: changed.sequenceLength = fix.value!; larger.sequenceLength = fix.value! + 1
+                case .loraRank: changed.loraRank = fix.value!; larger.loraRank = fix.value! + 1
+                case .gradientCheckpointing: changed.gradientCheckpointing = true
+                }
+                #expect(changed.estimate().total == fix.total)
+                // Each value is the largest that fits.
+                if fix.value != nil { #expect(larger.estimate().total > limit, "\(fix)") }
+            }
+            let message = error.localizedDescription
+            #expect(message.contains("--batch-size") && message.contains("--grad-checkpoint") && message.contains("--max-seq-length"))
+            #expect(message.contains("over the"))
+        }
+        try p.check(limit: total)
+    }
+
+    @Test func refusalWhenNothingFits() {
+        let p = plan(batch: 4, length: 16)
+        let frozen = p.estimate().baseWeights + p.estimate().embeddingsAndNorms
+        do {
+            try p.check(limit: frozen / 2)
+            Issue.record("no refusal below the frozen weights")
+        } catch let error as MemoryLimitError {
+            #expect(error.fixes.isEmpty)
+            #expect(error.localizedDescription.contains("even with --batch-size 1 --grad-checkpoint --lora-rank 1"))
+        } catch {
+            Issue.record("unexpected \(error)")
+        }
+    }
+}
