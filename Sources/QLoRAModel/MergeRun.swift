@@ -7,11 +7,6 @@
 import CQLoRAKernels
 import Foundation
 import QLoRAStorage
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 final class MergeRun: @unchecked Sendable {
     /// Elements per chunk: a multiple of every block size (1 MB of fp32).
@@ -41,9 +36,8 @@ final class MergeRun: @unchecked Sendable {
     /// Writes config.json, the side files and the weights into a new folder beside
     /// `output`, then renames it into place. Returns the file names.
     func writeFolder(_ output: URL, dtype: TensorDType, maxShardBytes: Int) throws -> [String] {
-        let staging = try Self.makeStagingFolder(for: output)
-        var committed = false
-        defer { if !committed { try? FileManager.default.removeItem(at: staging) } }
+        let folder = try AtomicDirectoryWriter(destination: output)
+        let staging = folder.temporary
 
         var files: [(name: String, contents: Data)] = [(HFCheckpoint.configFileName, base.configJSON)]
         files += try base.sideFiles()
@@ -80,8 +74,7 @@ final class MergeRun: @unchecked Sendable {
             try out.write(contents)
             try out.commit()
         }
-        try Self.moveIntoPlace(staging, output)
-        committed = true
+        try folder.commit()
         return (files.map(\.name) + names).sorted()
     }
 
@@ -222,7 +215,7 @@ final class MergeRun: @unchecked Sendable {
                                   bytesDone: bytesDone, bytesTotal: bytesTotal))
     }
 
-    // MARK: - Conversions and files
+    // MARK: - Conversions
 
     /// fp32 values as little-endian `dtype` (F32, F16 or BF16, rounded to nearest even).
     static func store(_ x: UnsafeBufferPointer<Float>, as dtype: TensorDType, into out: UnsafeMutableRawPointer) {
@@ -242,47 +235,5 @@ final class MergeRun: @unchecked Sendable {
         let bits = x.bitPattern
         if x.isNaN { return UInt16(bits >> 16) | 0x0040 }
         return UInt16((bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
-    }
-
-    /// An empty folder beside `output` (same file system, so it can be renamed into place).
-    private static func makeStagingFolder(for output: URL) throws -> URL {
-        let parent = output.deletingLastPathComponent()
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: parent.path, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw FileError.directoryMissing(parent)
-        }
-        var template = Array(parent.appendingPathComponent(".\(output.lastPathComponent).merge-XXXXXX").path.utf8CString)
-        guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
-            throw FileError.writeFailed(output, errno: errno)
-        }
-        let path = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        chmod(path, 0o755)  // mkdtemp makes it private
-        return URL(fileURLWithPath: path, isDirectory: true)
-    }
-
-    /// Renames the finished folder to `output`. rename(2) replaces only an empty
-    /// folder, so a non-empty one is moved aside first (and back if the second
-    /// rename fails), then deleted.
-    private static func moveIntoPlace(_ staging: URL, _ output: URL) throws {
-        let manager = FileManager.default
-        let occupied = !((try? manager.contentsOfDirectory(atPath: output.path))?.isEmpty ?? true)
-        if occupied {
-            let old = staging.appendingPathExtension("old")
-            guard rename(output.path, old.path) == 0 else { throw FileError.writeFailed(output, errno: errno) }
-            guard rename(staging.path, output.path) == 0 else {
-                let code = errno
-                rename(old.path, output.path)
-                throw FileError.writeFailed(output, errno: code)
-            }
-            try? manager.removeItem(at: old)
-        } else {
-            guard rename(staging.path, output.path) == 0 else { throw FileError.writeFailed(output, errno: errno) }
-        }
-        // Make the rename itself durable.
-        let fd = open(output.deletingLastPathComponent().path, O_RDONLY)
-        if fd >= 0 {
-            fsync(fd)
-            close(fd)
-        }
     }
 }

@@ -7,9 +7,10 @@ import Testing
 import _TestSupport
 
 @Suite struct MergeErrorTests {
-    let dir: URL
+    let scratch: TemporaryDirectory
+    var dir: URL { scratch.url }
 
-    init() throws { dir = try MergeFixture.scratch() }
+    init() throws { scratch = try TemporaryDirectory("qlora-merge") }
 
     /// Merges the tiny-llama with `adapter` into `dir`/out and expects `error`, with
     /// nothing but the inputs left in `dir`.
@@ -25,7 +26,7 @@ import _TestSupport
     }
 
     @Test func missingAdapterFiles() throws {
-        defer { try? FileManager.default.removeItem(at: dir) }
+        defer { scratch.remove() }
         let absent = dir.appendingPathComponent("absent")
         try expectRefusal(ModelError.invalidAdapter(absent, reason: "not an adapter folder (expected adapter_config.json and adapter_model.safetensors inside)"),
                           adapter: absent)
@@ -41,7 +42,7 @@ import _TestSupport
     }
 
     @Test func baseThatIsNoModel() throws {
-        defer { try? FileManager.default.removeItem(at: dir) }
+        defer { scratch.remove() }
         let absent = dir.appendingPathComponent("absent")
         try expectRefusal(FileError.cannotOpen(absent, errno: ENOENT), adapter: MergeFixture.adapter, model: absent)
         // A bare safetensors file is neither a model folder nor a packed checkpoint.
@@ -54,7 +55,7 @@ import _TestSupport
     }
 
     @Test func unsupportedAdapterFeatures() throws {
-        defer { try? FileManager.default.removeItem(at: dir) }
+        defer { scratch.remove() }
         let adapter = dir.appendingPathComponent("adapter")
         let config = adapter.appendingPathComponent("adapter_config.json")
         let tensors = try MergeFixture.fixtureTensors(["q_proj"])
@@ -77,7 +78,7 @@ import _TestSupport
     }
 
     @Test func adapterThatDoesNotFitTheBase() throws {
-        defer { try? FileManager.default.removeItem(at: dir) }
+        defer { scratch.remove() }
         let adapter = dir.appendingPathComponent("adapter")
         let key = "base_model.model.model.layers.5.mlp.up_proj"
         try MergeFixture.writeAdapter(adapter, tensors: [(key + ".lora_A.weight", [8, 128], [Float](repeating: 0, count: 8 * 128)),
@@ -104,7 +105,7 @@ import _TestSupport
     }
 
     @Test func adapterOnATiedOutputHead() throws {
-        defer { try? FileManager.default.removeItem(at: dir) }
+        defer { scratch.remove() }
         let model = Fixtures.url("model/variants/llama3-rope-bias-tied")
         let adapter = dir.appendingPathComponent("adapter")
         try MergeFixture.writeAdapter(adapter, tensors: [("base_model.model.lm_head.lora_A.weight", [8, 32], [Float](repeating: 0, count: 256)),
@@ -113,7 +114,7 @@ import _TestSupport
     }
 
     @Test func valuesThatCannotBeStoredLeaveNothingBehind() throws {
-        defer { try? FileManager.default.removeItem(at: dir) }
+        defer { scratch.remove() }
         let adapter = dir.appendingPathComponent("adapter")
         var tensors = try MergeFixture.fixtureTensors(["down_proj"])
         // Layer 1's B: NaN in row 3 makes row 3 of the merged weight NaN.
@@ -148,7 +149,7 @@ import _TestSupport
     }
 
     @Test func outputsInTheWay() throws {
-        defer { try? FileManager.default.removeItem(at: dir) }
+        defer { scratch.remove() }
         let out = dir.appendingPathComponent("out")
         let adapter = MergeFixture.adapter
         // An empty folder is simply filled.

@@ -12,8 +12,9 @@ import _TestSupport
 
     @Test(arguments: specs)
     func requantizedOutputRoundTrips(spec: QuantSpec) throws {
-        let dir = try MergeFixture.scratch()
-        defer { try? FileManager.default.removeItem(at: dir) }
+        let scratch = try TemporaryDirectory("qlora-merge")
+        defer { scratch.remove() }
+        let dir = scratch.url
         let out = dir.appendingPathComponent("merged.qlora")
         let summary = try AdapterMerge.merge(model: Reference.tinyLlama, adapter: MergeFixture.adapter, output: out,
                                              options: MergeOptions(format: .packed(spec, compress: false)))
@@ -52,8 +53,9 @@ import _TestSupport
     }
 
     @Test func unmergedBlocksAreCopiedFromAPackedBase() throws {
-        let dir = try MergeFixture.scratch()
-        defer { try? FileManager.default.removeItem(at: dir) }
+        let scratch = try TemporaryDirectory("qlora-merge")
+        defer { scratch.remove() }
+        let dir = scratch.url
         let spec = QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8)
         let baseURL = try MergeFixture.packedBase(in: dir, spec: spec)
         let adapterURL = dir.appendingPathComponent("adapter")
@@ -86,8 +88,9 @@ import _TestSupport
     /// A model whose MLP weights span two merge chunks (128 × 2304 > 2^18), merged
     /// from a folder and from a packed base, to both kinds of output.
     @Test func weightsLargerThanAChunk() throws {
-        let dir = try MergeFixture.scratch()
-        defer { try? FileManager.default.removeItem(at: dir) }
+        let scratch = try TemporaryDirectory("qlora-merge")
+        defer { scratch.remove() }
+        let dir = scratch.url
         let model = dir.appendingPathComponent("model")
         try FileManager.default.createDirectory(at: model, withIntermediateDirectories: true)
         _ = try writeSyntheticModel(to: model, intermediateSize: 2304)

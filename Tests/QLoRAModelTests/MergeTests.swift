@@ -12,13 +12,6 @@ enum MergeFixture {
     static let adapter = Reference.tinyLlama.appendingPathComponent("adapter")
     static let reference = Reference.tinyLlama.appendingPathComponent("merged_reference.safetensors")
 
-    /// A fresh empty folder; the caller removes it.
-    static func scratch() throws -> URL {
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("qlora-merge-\(UUID().uuidString)", isDirectory: true)
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-        return url
-    }
-
     /// Writes a PEFT adapter folder holding `tensors` (full keys), with a
     /// configuration of r = 8, alpha = 16, target_modules from the keys, and
     /// `config` on top (NSNull removes a key).
@@ -65,8 +58,9 @@ enum MergeFixture {
 @Suite struct MergeTests {
     @Test(arguments: ["seq1", "seq2"])
     func mergedFolderReproducesPEFT(sequence: String) throws {
-        let dir = try MergeFixture.scratch()
-        defer { try? FileManager.default.removeItem(at: dir) }
+        let scratch = try TemporaryDirectory("qlora-merge")
+        defer { scratch.remove() }
+        let dir = scratch.url
         let out = dir.appendingPathComponent("merged")
         let summary = try AdapterMerge.merge(model: Reference.tinyLlama, adapter: MergeFixture.adapter, output: out)
         #expect(summary.files == ["config.json", "model.safetensors"])
@@ -82,8 +76,9 @@ enum MergeFixture {
     }
 
     @Test func mergedWeightsAreBasePlusDelta() throws {
-        let dir = try MergeFixture.scratch()
-        defer { try? FileManager.default.removeItem(at: dir) }
+        let scratch = try TemporaryDirectory("qlora-merge")
+        defer { scratch.remove() }
+        let dir = scratch.url
         // A base folder with tokenizer files, which the output must carry unchanged.
         let base = dir.appendingPathComponent("base")
         try FileManager.default.createDirectory(at: base, withIntermediateDirectories: true)
@@ -139,8 +134,9 @@ enum MergeFixture {
     }
 
     @Test func rsLoRAScalesByRootOfRank() throws {
-        let dir = try MergeFixture.scratch()
-        defer { try? FileManager.default.removeItem(at: dir) }
+        let scratch = try TemporaryDirectory("qlora-merge")
+        defer { scratch.remove() }
+        let dir = scratch.url
         let tensors = try MergeFixture.fixtureTensors(["q_proj"])
         let plain = dir.appendingPathComponent("plain"), rs = dir.appendingPathComponent("rs")
         try MergeFixture.writeAdapter(plain, tensors: tensors)
@@ -155,8 +151,9 @@ enum MergeFixture {
     }
 
     @Test func packedBaseMergesIntoItsDequantizedWeights() throws {
-        let dir = try MergeFixture.scratch()
-        defer { try? FileManager.default.removeItem(at: dir) }
+        let scratch = try TemporaryDirectory("qlora-merge")
+        defer { scratch.remove() }
+        let dir = scratch.url
         let baseURL = try MergeFixture.packedBase(in: dir)
         let out = dir.appendingPathComponent("merged")
         let summary = try AdapterMerge.merge(model: baseURL, adapter: MergeFixture.adapter, output: out)
@@ -181,8 +178,9 @@ enum MergeFixture {
     }
 
     @Test func shardedOutputLoadsLikeOneFile() throws {
-        let dir = try MergeFixture.scratch()
-        defer { try? FileManager.default.removeItem(at: dir) }
+        let scratch = try TemporaryDirectory("qlora-merge")
+        defer { scratch.remove() }
+        let dir = scratch.url
         let out = dir.appendingPathComponent("merged")
         let summary = try AdapterMerge.merge(model: Reference.tinyLlama, adapter: MergeFixture.adapter, output: out,
                                              options: MergeOptions(format: .huggingFace(dtype: .F32, maxShardBytes: 300_000)))
@@ -200,8 +198,9 @@ enum MergeFixture {
 
     @Test(arguments: [TensorDType.F16, .BF16])
     func halfPrecisionOutputRoundsToNearest(dtype: TensorDType) throws {
-        let dir = try MergeFixture.scratch()
-        defer { try? FileManager.default.removeItem(at: dir) }
+        let scratch = try TemporaryDirectory("qlora-merge")
+        defer { scratch.remove() }
+        let dir = scratch.url
         let exact = dir.appendingPathComponent("f32"), half = dir.appendingPathComponent("half")
         _ = try AdapterMerge.merge(model: Reference.tinyLlama, adapter: MergeFixture.adapter, output: exact)
         let summary = try AdapterMerge.merge(model: Reference.tinyLlama, adapter: MergeFixture.adapter, output: half,
