@@ -3,6 +3,7 @@
 // asks only for tensor names, shapes, how each is stored, and fp32 values of
 // a range of a tensor's flattened elements.
 
+import CQLoRAKernels
 import Foundation
 import QLoRAStorage
 
@@ -100,6 +101,22 @@ final class MergeBase: @unchecked Sendable {
         return try checkpoint.quantized(name)
     }
 
+    /// Where an unquantized tensor's bytes lie, as stored, in a mapped file: so it can
+    /// be copied without conversion, its pages dropped behind the copy. Nil when a
+    /// packed base compressed it. A packed base's checksum is verified first.
+    func storedRegion(_ name: String) throws -> (file: MappedFile, range: Range<Int>)? {
+        switch source {
+        case let .folder(checkpoint):
+            let location = try checkpoint.location(of: name)
+            return (location.file.file, location.info.byteRange)
+        case let .packed(checkpoint):
+            let info = try checkpoint.info(name)
+            guard case .float = info.storage, !info.isCompressed else { return nil }
+            try checkpoint.verify(tensor: name)
+            return (checkpoint.file, info.fileRange)
+        }
+    }
+
     /// A reader of one tensor's values in fp32 (a packed base's checksum is verified first).
     func reader(_ name: String) throws -> Reader {
         switch source {
@@ -107,15 +124,24 @@ final class MergeBase: @unchecked Sendable {
             return .folder(try checkpoint.location(of: name))
         case let .packed(checkpoint):
             try checkpoint.verify(tensor: name)
-            if case .quantized = try checkpoint.info(name).storage { return .quantized(try checkpoint.quantized(name)) }
-            return .float(try checkpoint.floats(name))
+            let info = try checkpoint.info(name)
+            switch info.storage {
+            case .quantized: return .quantized(try checkpoint.quantized(name), checkpoint.file, info.fileRange)
+            case let .float(dtype) where !info.isCompressed: return .packedFloat(checkpoint.file, info.fileRange, dtype)
+            case .float: return .decompressed(try checkpoint.floats(name))
+            }
         }
     }
 
+    /// Reads a tensor a chunk at a time, dropping the pages of a mapped file behind
+    /// it so that a large model does not stay resident.
     enum Reader {
         case folder(TensorLocation)
-        case quantized(QuantizedTensor)
-        case float(FloatTensor)
+        /// Blocks in the map (or decompressed), with the file range to drop once read.
+        case quantized(QuantizedTensor, MappedFile, Range<Int>)
+        /// F32/F16/BF16 elements in a packed checkpoint's map (64-byte aligned).
+        case packedFloat(MappedFile, Range<Int>, TensorDType)
+        case decompressed(FloatTensor)
 
         /// Writes elements `range` of the flattened tensor into `y`, which holds
         /// `capacity(for: range.count)` values. A quantized tensor is decoded in whole
@@ -125,21 +151,32 @@ final class MergeBase: @unchecked Sendable {
             switch self {
             case let .folder(location):
                 try location.file.readFloats(location.info.name, elements: range, into: UnsafeMutableBufferPointer(start: y, count: range.count))
-                // Read once: drop the pages behind us so a large model does not stay resident.
                 let size = location.info.dtype.byteSize, start = location.info.byteRange.lowerBound
                 location.file.file.release((start + range.lowerBound * size)..<(start + range.upperBound * size))
-            case let .quantized(q):
+            case let .quantized(q, file, region):
                 let B = q.spec.blockSize
                 precondition(range.lowerBound % B == 0, "[MergeBase] read starts inside a block")
                 q.dequantize(blocks: (range.lowerBound / B)..<((range.upperBound + B - 1) / B), into: y)
-            case let .float(values):
+                // Codes and scales are spread over the region: drop it all after the last chunk.
+                if range.upperBound == q.count { file.release(region) }
+            case let .packedFloat(file, region, dtype):
+                let size = dtype.byteSize
+                let bytes = (region.lowerBound + range.lowerBound * size)..<(region.lowerBound + range.upperBound * size)
+                let x = file.bytes(bytes).baseAddress!, n = Int64(range.count)
+                switch dtype {
+                case .F16: qk_f16_to_f32(y, x.assumingMemoryBound(to: UInt16.self), n)
+                case .BF16: qk_bf16_to_f32(y, x.assumingMemoryBound(to: UInt16.self), n)
+                default: memcpy(y, x, range.count * 4)
+                }
+                file.release(bytes)
+            case let .decompressed(values):
                 values.withValues { _ = memcpy(y, $0.baseAddress! + range.lowerBound, range.count * 4) }
             }
         }
 
         /// Floats `y` must hold to read `count` elements (the last block's padding included).
         func capacity(for count: Int) -> Int {
-            if case let .quantized(q) = self { return count + q.spec.blockSize }
+            if case let .quantized(q, _, _) = self { return count + q.spec.blockSize }
             return count
         }
     }

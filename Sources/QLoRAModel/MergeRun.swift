@@ -149,6 +149,15 @@ final class MergeRun: @unchecked Sendable {
             } else {
                 // Kept in its type; a merged one (an untied lm_head) in fp32, exactly.
                 guard case let .float(dtype) = t.storage else { preconditionFailure("[MergeRun] quantized tensors are handled above") }
+                if module == nil, let (file, region) = try base.storedRegion(t.name) {
+                    try writer.add(name: t.name, dtype: dtype, shape: t.shape, bytes: file.bytes(region)) { written in
+                        file.release((region.lowerBound + written.lowerBound)..<(region.lowerBound + written.upperBound))
+                    }
+                    record.storage = dtype.rawValue
+                    records.append(record)
+                    advance(t.name, count * 4)
+                    continue
+                }
                 let delta = try module.map { try adapter.delta(module: $0) }
                 let stored = delta == nil ? dtype : .F32
                 var bytes = [UInt8](repeating: 0, count: count * stored.byteSize)

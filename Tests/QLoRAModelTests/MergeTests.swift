@@ -34,10 +34,11 @@ enum MergeFixture {
             .map { ($0.name, $0.shape, try file.floats($0.name)) }
     }
 
-    /// The tiny-llama packed with `spec` into `dir`/base.qlora.
-    static func packedBase(in dir: URL, spec: QuantSpec = QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8)) throws -> URL {
+    /// A model (the tiny-llama unless given) packed with `spec` into `dir`/base.qlora.
+    static func packedBase(in dir: URL, from model: URL = Reference.tinyLlama, spec: QuantSpec = QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8),
+                           compress: Bool = false) throws -> URL {
         let url = dir.appendingPathComponent("base.qlora")
-        _ = try Quantizer.quantize(modelDirectory: Reference.tinyLlama, output: url, options: QuantizeOptions(spec: spec))
+        _ = try Quantizer.quantize(modelDirectory: model, output: url, options: QuantizeOptions(spec: spec, compress: compress))
         return url
     }
 
@@ -150,11 +151,13 @@ enum MergeFixture {
         #expect(summary.useRSLoRA && summary.merged.map(\.name) == ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.q_proj.weight"])
     }
 
-    @Test func packedBaseMergesIntoItsDequantizedWeights() throws {
+    /// Compressed: every tensor of the base is decompressed into memory to be read.
+    @Test(arguments: [false, true])
+    func packedBaseMergesIntoItsDequantizedWeights(compressed: Bool) throws {
         let scratch = try TemporaryDirectory("qlora-merge")
         defer { scratch.remove() }
         let dir = scratch.url
-        let baseURL = try MergeFixture.packedBase(in: dir)
+        let baseURL = try MergeFixture.packedBase(in: dir, compress: compressed)
         let out = dir.appendingPathComponent("merged")
         let summary = try AdapterMerge.merge(model: baseURL, adapter: MergeFixture.adapter, output: out)
         #expect(summary.merged.count == 14 && summary.tensors.allSatisfy { $0.error == nil })
@@ -174,6 +177,31 @@ enum MergeFixture {
         let reference = try SafetensorsFile(url: MergeFixture.reference)
         for sequence in ["seq1", "seq2"] {
             #expect(maxAbsDifference(try MergeFixture.logits(out, sequence), try reference.floats("\(sequence).qlora_logits")) <= 1e-4)
+        }
+    }
+
+    /// A packed base that keeps its embedding, norms and head in BF16 (made by merging
+    /// to a BF16 folder, then quantizing that).
+    @Test func packedBaseWithHalfPrecisionTensors() throws {
+        let scratch = try TemporaryDirectory("qlora-merge")
+        defer { scratch.remove() }
+        let half = scratch.appending("bf16")
+        _ = try AdapterMerge.merge(model: Reference.tinyLlama, adapter: MergeFixture.adapter, output: half,
+                                   options: MergeOptions(format: .huggingFace(dtype: .BF16, maxShardBytes: 1 << 30)))
+        let baseURL = try MergeFixture.packedBase(in: scratch.url, from: half)
+        let out = scratch.appending("merged")
+        _ = try AdapterMerge.merge(model: baseURL, adapter: MergeFixture.adapter, output: out)
+        let base = try PackedCheckpoint(url: baseURL)
+        #expect(try base.info("model.embed_tokens.weight").storage == .float(.BF16))
+        let adapter = try PEFTAdapter(directory: MergeFixture.adapter)
+        let source = try SafetensorsFile(url: half.appendingPathComponent("model.safetensors"))
+        let merged = try SafetensorsFile(url: out.appendingPathComponent("model.safetensors"))
+        for info in base.tensors {
+            var expected = info.isQuantized ? try base.floats(info.name).array : try source.floats(info.name)
+            if let module = MergeFixture.module(info.name, adapter) {
+                expected = zip(expected, try adapter.delta(module: module)).map(+)
+            }
+            #expect(maxAbsDifference(try merged.floats(info.name), expected) == 0, "\(info.name)")
         }
     }
 
