@@ -39,7 +39,7 @@ final class MergeRun: @unchecked Sendable {
         let folder = try AtomicDirectoryWriter(destination: output)
         let staging = folder.temporary
 
-        var files: [(name: String, contents: Data)] = [(HFCheckpoint.configFileName, base.configJSON)]
+        var files: [(name: String, contents: Data)] = [(HFCheckpoint.configFileName, Self.config(base.configJSON, declaring: dtype))]
         files += try base.sideFiles()
         var shards: [[MergeBase.Tensor]] = [[]]
         var shardBytes = 0
@@ -225,6 +225,15 @@ final class MergeRun: @unchecked Sendable {
     }
 
     // MARK: - Conversions
+
+    /// config.json with its "dtype" / "torch_dtype" naming the type written (transformers
+    /// loads in that type with dtype="auto"); edited in place, so the rest keeps its bytes.
+    static func config(_ json: Data, declaring dtype: TensorDType) -> Data {
+        guard var text = String(data: json, encoding: .utf8) else { return json }
+        let name = dtype == .F16 ? "float16" : dtype == .BF16 ? "bfloat16" : "float32"
+        text.replace(/("(?:torch_)?dtype"\s*:\s*)"[A-Za-z0-9_.]*"/) { "\($0.1)\"\(name)\"" }
+        return Data(text.utf8)
+    }
 
     /// fp32 values as little-endian `dtype` (F32, F16 or BF16, rounded to nearest even).
     static func store(_ x: UnsafeBufferPointer<Float>, as dtype: TensorDType, into out: UnsafeMutableRawPointer) {

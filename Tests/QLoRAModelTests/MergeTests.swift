@@ -234,6 +234,12 @@ enum MergeFixture {
         let summary = try AdapterMerge.merge(model: Reference.tinyLlama, adapter: MergeFixture.adapter, output: half,
                                              options: MergeOptions(format: .huggingFace(dtype: dtype, maxShardBytes: 1 << 30)))
         #expect(summary.format == "safetensors \(dtype.rawValue)")
+        // config.json declares the type written, and differs from the base's in nothing else.
+        let config = try String(contentsOf: half.appendingPathComponent("config.json"), encoding: .utf8)
+        let original = try String(contentsOf: Reference.tinyLlama.appendingPathComponent("config.json"), encoding: .utf8)
+        let name = dtype == .F16 ? "float16" : "bfloat16"
+        #expect(config == original.replacingOccurrences(of: "\"dtype\": \"float32\"", with: "\"dtype\": \"\(name)\""))
+        #expect(config != original)
         let x = try SafetensorsFile(url: exact.appendingPathComponent("model.safetensors"))
         let y = try SafetensorsFile(url: half.appendingPathComponent("model.safetensors"))
         for record in summary.tensors {
