@@ -29,7 +29,7 @@ public struct QuantizeOptions: Hashable, Sendable {
     }
 }
 
-/// Where a running quantization is.
+/// Where a running quantization (or merge) is.
 public struct QuantizeProgress: Sendable {
     public var tensor: String
     /// 1-based position of `tensor` among `tensorCount`.
@@ -38,6 +38,14 @@ public struct QuantizeProgress: Sendable {
     /// Source bytes processed so far, of `bytesTotal`.
     public var bytesDone: Int
     public var bytesTotal: Int
+
+    public init(tensor: String, tensorIndex: Int, tensorCount: Int, bytesDone: Int, bytesTotal: Int) {
+        self.tensor = tensor
+        self.tensorIndex = tensorIndex
+        self.tensorCount = tensorCount
+        self.bytesDone = bytesDone
+        self.bytesTotal = bytesTotal
+    }
 }
 
 /// What a quantization produced and how much it cost in accuracy.
