@@ -85,7 +85,7 @@ public enum GenerationBenchmark {
             let written = ContinuousClock.now
             try writeRandomModel(c, spec: spec, to: url, seed: options.seed)
             let writeSeconds = (ContinuousClock.now - written) / .seconds(1)
-            resetPeakResidentMemory() // the peak then covers this model alone, not the buffer or the writing
+            ResidentMemory.resetPeak() // the peak then covers this model alone, not the buffer or the writing
             let loaded = try LoadedModel(contentsOf: url)
             let model = loaded.model
             var generator = SplitMix64(seed: options.seed)
@@ -155,10 +155,4 @@ public enum GenerationBenchmark {
         }
         try writer.finish()
     }
-}
-
-/// Restarts VmHWM from the current resident size (Linux: "5" to clear_refs),
-/// so the next sample's peak covers only what ran since.
-private func resetPeakResidentMemory() {
-    try? Data("5".utf8).write(to: URL(fileURLWithPath: "/proc/self/clear_refs"))
 }

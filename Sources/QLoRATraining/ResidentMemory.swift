@@ -35,6 +35,18 @@ public struct ResidentMemory: Hashable, Sendable {
         #endif
     }
 
+    /// Restarts the peak from the current resident size, so that the next
+    /// sample's `peak` covers only what ran since (Linux: "5" written to
+    /// /proc/self/clear_refs resets VmHWM). Freed heap memory that malloc still
+    /// holds is handed back first, so the restart is from what is in use.
+    /// - Returns: false where the system offers no reset (the peak then stays
+    ///   the process's lifetime peak).
+    @discardableResult
+    public static func resetPeak() -> Bool {
+        _ = mallocTrim?(0)
+        return (try? Data("5".utf8).write(to: URL(fileURLWithPath: "/proc/self/clear_refs"))) != nil
+    }
+
     /// VmRSS and VmHWM from the text of /proc/<pid>/status.
     public static func parse(procStatus text: String) -> ResidentMemory {
         var out = ResidentMemory()
@@ -56,3 +68,14 @@ public struct ResidentMemory: Hashable, Sendable {
         self.peak = peak
     }
 }
+
+/// glibc's malloc_trim, which returns freed heap pages to the system; looked up at
+/// run time because Swift's Glibc module does not declare it (nil elsewhere).
+private let mallocTrim: (@convention(c) (Int) -> Int32)? = {
+    #if os(Linux)
+    guard let symbol = dlsym(dlopen(nil, RTLD_NOW), "malloc_trim") else { return nil }
+    return unsafeBitCast(symbol, to: (@convention(c) (Int) -> Int32).self)
+    #else
+    return nil
+    #endif
+}()
