@@ -82,3 +82,65 @@ int64_t qk_find_nonfinite(const float *x, int64_t n) {
 #endif
     return qk_find_nonfinite_ref(x, n);
 }
+
+// ----------------------------------------------------------------------------
+// Products with a packed weight
+// ----------------------------------------------------------------------------
+
+#if defined(__x86_64__) || defined(__i386__)
+#define QK_HAVE_AVX2_MATMUL 1
+#else
+#define QK_HAVE_AVX2_MATMUL 0
+#endif
+
+size_t qk_matmul_scratch_floats(const qk_packed *w, int64_t n, int32_t direction) {
+    size_t floats = (size_t)w->cols + 256;  // the reference: one row of W and one block
+#if QK_HAVE_AVX2_MATMUL
+    const size_t avx2 = qk_matmul_scratch_floats_avx2(w, n, direction);
+    if (avx2 > floats) floats = avx2;
+#else
+    (void)n;
+    (void)direction;
+#endif
+    return floats;
+}
+
+int64_t qk_matmul_grain(const qk_packed *w, int64_t n, int32_t direction) {
+    (void)n;
+    // Forward slices take rows of W in 16-row panels; backward slices take
+    // whole blocks of each row when rows are a whole number of blocks.
+    if (direction == QK_DIRECTION_BACKWARD && w->cols % w->block_size == 0) return w->block_size;
+    return 16;
+}
+
+void qk_dequantize_span(float *restrict y, const qk_packed *w, int64_t first, int64_t count, float *restrict tmp) {
+#if QK_HAVE_AVX2_MATMUL
+    if (qk_isa_active() == QK_ISA_AVX2) {
+        qk_dequantize_span_avx2(y, w, first, count, tmp);
+        return;
+    }
+#endif
+    qk_dequantize_span_ref(y, w, first, count, tmp);
+}
+
+void qk_matmul_forward(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
+                       int64_t begin, int64_t end, float *restrict scratch) {
+#if QK_HAVE_AVX2_MATMUL
+    if (qk_isa_active() == QK_ISA_AVX2) {
+        qk_matmul_forward_avx2(y, x, n, w, begin, end, scratch);
+        return;
+    }
+#endif
+    qk_matmul_forward_ref(y, x, n, w, begin, end, scratch);
+}
+
+void qk_matmul_backward(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
+                        int64_t begin, int64_t end, int32_t accumulate, float *restrict scratch) {
+#if QK_HAVE_AVX2_MATMUL
+    if (qk_isa_active() == QK_ISA_AVX2) {
+        qk_matmul_backward_avx2(dx, dy, n, w, begin, end, accumulate, scratch);
+        return;
+    }
+#endif
+    qk_matmul_backward_ref(dx, dy, n, w, begin, end, accumulate, scratch);
+}

@@ -41,4 +41,22 @@ void qk_bf16_to_f32_avx2(float *restrict y, const uint16_t *restrict x, int64_t 
 int64_t qk_find_nonfinite_avx2(const float *x, int64_t n);
 #endif
 
+// Products with a packed weight (qgemm_ref.c, qgemm_avx2.c).
+// Up to this many rows of X the fused decode-in-registers path runs; above
+// it, the dequantized-tile GEMM. Summation orders differ between the two, so
+// the choice depends on n and W only.
+#define QK_GEMV_MAX_N 4
+
+void qk_dequantize_span_ref(float *restrict y, const qk_packed *w, int64_t first, int64_t count,
+                            float *restrict tmp);
+#if defined(__x86_64__) || defined(__i386__)
+size_t qk_matmul_scratch_floats_avx2(const qk_packed *w, int64_t n, int32_t direction);
+void qk_dequantize_span_avx2(float *restrict y, const qk_packed *w, int64_t first, int64_t count,
+                             float *restrict tmp);
+void qk_matmul_forward_avx2(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
+                            int64_t begin, int64_t end, float *restrict scratch);
+void qk_matmul_backward_avx2(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
+                             int64_t begin, int64_t end, int32_t accumulate, float *restrict scratch);
+#endif
+
 #endif

@@ -176,6 +176,49 @@ void qk_xxh64_update(qk_xxh64_state *state, const void *data, size_t len);
 /// The hash of everything given so far; the state stays usable.
 uint64_t qk_xxh64_digest(const qk_xxh64_state *state);
 
+// ---------------------------------------------------------------------------
+// Products with a packed weight (dequantize on the fly, fp32 accumulation)
+// ---------------------------------------------------------------------------
+// Forward:  Y[n, rows] = X[n, cols] · Wᵀ   (X, Y row-major and contiguous)
+// Backward: dX[n, cols] = dY[n, rows] · W  (the input gradient; W is frozen)
+//
+// Each call computes one slice so that callers split the work across threads:
+// the forward writes columns [begin, end) of Y (rows of W), the backward writes
+// columns [begin, end) of dX (columns of W). Every element is summed in an
+// order fixed by n and W alone, so any split into slices that start at
+// multiples of qk_matmul_grain() gives the same result bit for bit (other
+// splits are correct too, only slower and summed in another order).
+// Kernels never allocate: `scratch` is caller-owned, 64-byte aligned, at least
+// qk_matmul_scratch_floats() floats, and must not be shared by concurrent calls.
+// W is never materialized beyond a tile of at most 256 × 256 floats.
+
+typedef enum {
+    QK_DIRECTION_FORWARD = 0,
+    QK_DIRECTION_BACKWARD = 1,
+} qk_direction;
+
+/// Floats of scratch one call with these arguments needs (any ISA, any slice).
+size_t qk_matmul_scratch_floats(const qk_packed *w, int64_t n, int32_t direction);
+/// Slice boundaries that keep whole blocks and SIMD panels in one slice.
+int64_t qk_matmul_grain(const qk_packed *w, int64_t n, int32_t direction);
+
+/// Y[:, begin:end] = X · W[begin:end, :]ᵀ.
+void qk_matmul_forward(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
+                       int64_t begin, int64_t end, float *restrict scratch);
+void qk_matmul_forward_ref(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
+                           int64_t begin, int64_t end, float *restrict scratch);
+
+/// dX[:, begin:end] = dY · W[:, begin:end], or += when `accumulate` is nonzero.
+void qk_matmul_backward(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
+                        int64_t begin, int64_t end, int32_t accumulate, float *restrict scratch);
+void qk_matmul_backward_ref(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
+                            int64_t begin, int64_t end, int32_t accumulate, float *restrict scratch);
+
+/// Dequantize flat elements [first, first + count) of W (any alignment) with
+/// the reference values; `tmp` holds 256 floats.
+void qk_dequantize_span(float *restrict y, const qk_packed *w, int64_t first, int64_t count,
+                        float *restrict tmp);
+
 #ifdef __cplusplus
 }
 #endif
