@@ -7,6 +7,7 @@ struct BatchContext {
     let batch: Int                      // B
     let length: Int                     // T
     let mask: UnsafePointer<UInt8>?     // [B, T], nil when nothing is padded
+    let sequences: UnsafePointer<Int32>? // [B, T], nil when no row packs several sequences
     let cos: UnsafePointer<Float>       // [N, hd/2]
     let sin: UnsafePointer<Float>       // [N, hd/2]
     let attentionScratch: UnsafeMutablePointer<Float>
@@ -132,7 +133,7 @@ public final class DecoderLayer {
         rope.forward(cache.query.pointer, rows: n, heads: attention.heads, cos: context.cos, sin: context.sin)
         rope.forward(cache.key.pointer, rows: n, heads: attention.kvHeads, cos: context.cos, sin: context.sin)
         attention.forward(q: cache.query.pointer, k: cache.key.pointer, v: cache.value.pointer,
-                          mask: context.mask, batch: context.batch, length: context.length,
+                          mask: context.mask, sequenceIDs: context.sequences, batch: context.batch, length: context.length,
                           into: cache.attention.pointer, lse: cache.logSumExp.pointer,
                           scratch: context.attentionScratch)
         outputProjection.forward(cache.attention.pointer, rows: n, into: cache.middle.pointer)
@@ -164,7 +165,8 @@ public final class DecoderLayer {
         // Attention block: ∂loss/∂x = ∂loss/∂m + the path through o_proj, attention, RoPE, q/k/v and the norm.
         outputProjection.backward(residual, input: cache.attention.pointer, rows: n, into: g.attention.pointer, accumulate: false)
         attention.backward(g.attention.pointer, q: cache.query.pointer, k: cache.key.pointer, v: cache.value.pointer,
-                           lse: cache.logSumExp.pointer, mask: context.mask, batch: context.batch, length: context.length,
+                           lse: cache.logSumExp.pointer, mask: context.mask, sequenceIDs: context.sequences,
+                           batch: context.batch, length: context.length,
                            dq: g.query.pointer, dk: g.key.pointer, dv: g.value.pointer, scratch: context.attentionScratch)
         rope.backward(g.query.pointer, rows: n, heads: attention.heads, cos: context.cos, sin: context.sin)
         rope.backward(g.key.pointer, rows: n, heads: attention.kvHeads, cos: context.cos, sin: context.sin)
