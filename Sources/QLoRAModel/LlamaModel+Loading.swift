@@ -30,6 +30,24 @@ extension LlamaModel {
     public convenience init(configuration c: LlamaConfiguration,
                             tensor: (_ name: String, _ shape: [Int]) throws -> [Float],
                             linear: (_ module: String, _ outFeatures: Int, _ inFeatures: Int) throws -> any FrozenLinear) throws {
+        let shape = [c.vocabularySize, c.hiddenSize]
+        let table = try tensor("model.embed_tokens.weight", shape)
+        guard table.count == shape.reduce(1, *) else {
+            throw ModelError.wrongSize(tensor: "model.embed_tokens.weight", expected: shape, found: [table.count])
+        }
+        try self.init(configuration: c, embedding: Embedding(table: table, vocabularySize: c.vocabularySize, dimension: c.hiddenSize),
+                      tensor: tensor, linear: linear)
+    }
+
+    /// The same with the embedding given whole (a packed one, or a view into
+    /// a mapped file); a tied lm_head shares its storage (`Embedding.tiedHead`).
+    public convenience init(configuration c: LlamaConfiguration, embedding: Embedding,
+                            tensor: (_ name: String, _ shape: [Int]) throws -> [Float],
+                            linear: (_ module: String, _ outFeatures: Int, _ inFeatures: Int) throws -> any FrozenLinear) throws {
+        guard embedding.vocabularySize == c.vocabularySize, embedding.dimension == c.hiddenSize else {
+            throw ModelError.wrongSize(tensor: "model.embed_tokens.weight", expected: [c.vocabularySize, c.hiddenSize],
+                                       found: [embedding.vocabularySize, embedding.dimension])
+        }
         let q = c.attentionHeads * c.headDimensions, kv = c.kvHeads * c.headDimensions
         func checked(_ name: String, _ shape: [Int]) throws -> [Float] {
             let values = try tensor(name, shape)
@@ -48,8 +66,6 @@ extension LlamaModel {
         func norm(_ name: String) throws -> RMSNorm {
             RMSNorm(weight: try checked(name + ".weight", [c.hiddenSize]), epsilon: Float(c.rmsNormEps))
         }
-        let table = try checked("model.embed_tokens.weight", [c.vocabularySize, c.hiddenSize])
-        let embedding = Embedding(table: table, vocabularySize: c.vocabularySize, dimension: c.hiddenSize)
         let rope = RotaryEmbedding(headDimension: c.headDimensions, theta: c.ropeTheta, scaling: c.ropeScaling)
         let attention = GroupedQueryAttention(heads: c.attentionHeads, kvHeads: c.kvHeads, headDimension: c.headDimensions,
                                               window: c.slidingWindow)
@@ -68,7 +84,7 @@ extension LlamaModel {
                 attention: attention, rope: rope)
         }
         let lmHead = c.tieWordEmbeddings
-            ? Projection(name: "lm_head", base: DenseLinear(weight: table, outFeatures: c.vocabularySize, inFeatures: c.hiddenSize))
+            ? Projection(name: "lm_head", base: try embedding.tiedHead())
             : try projection("lm_head", c.vocabularySize, c.hiddenSize)
         self.init(configuration: c, embedding: embedding, layers: layers, finalNorm: try norm("model.norm"),
                   lmHead: lmHead, rope: rope)

@@ -7,10 +7,11 @@ struct JSONNode {
     let path: String
     let file: URL
 
-    static func load(_ url: URL) throws(TokenizerError) -> JSONNode {
+    /// Parses `contents` when given (a file held in memory, named `url` in errors), or reads `url`.
+    static func load(_ url: URL, contents: Data? = nil) throws(TokenizerError) -> JSONNode {
         let data: Data
         do {
-            data = try Data(contentsOf: url)
+            data = try contents ?? Data(contentsOf: url)
         } catch {
             throw .unreadableFile(url, reason: error.localizedDescription)
         }

@@ -61,8 +61,30 @@ public struct Tokenizer: Sendable {
             let url = directory.appendingPathComponent(name)
             return fileManager.fileExists(atPath: url.path) ? url : nil
         }
-        try self.init(tokenizerJSON: tokenizerJSON, configJSON: optionalFile("tokenizer_config.json"),
-                      generationConfigJSON: optionalFile("generation_config.json"))
+        try self.init(tokenizerJSON: .init(url: tokenizerJSON), configJSON: optionalFile("tokenizer_config.json").map { .init(url: $0) },
+                      generationConfigJSON: optionalFile("generation_config.json").map { .init(url: $0) })
+    }
+
+    /// Loads a tokenizer from file contents held in memory, such as the files a packed
+    /// checkpoint embeds: `files` maps "tokenizer.json" (required), "tokenizer_config.json"
+    /// and "generation_config.json" to their bytes. Errors name `source/<file name>`.
+    ///
+    /// - Throws: `TokenizerError` naming the file and the problem.
+    public init(files: [String: Data], source: URL) throws(TokenizerError) {
+        func file(_ name: String) -> Source? {
+            files[name].map { Source(url: source.appendingPathComponent(name), contents: $0) }
+        }
+        guard let tokenizerJSON = file("tokenizer.json") else {
+            throw .unreadableFile(source.appendingPathComponent("tokenizer.json"), reason: "\(source.path) holds no tokenizer.json")
+        }
+        try self.init(tokenizerJSON: tokenizerJSON, configJSON: file("tokenizer_config.json"),
+                      generationConfigJSON: file("generation_config.json"))
+    }
+
+    /// A file to read: its contents when already in memory, its URL for errors either way.
+    private struct Source {
+        var url: URL
+        var contents: Data?
     }
 
     /// Loads a tokenizer from explicit files.
@@ -73,11 +95,12 @@ public struct Tokenizer: Sendable {
     ///     and its `add_bos_token` / `add_eos_token` override which of them `encode` adds.
     /// - Throws: `TokenizerError` naming the file and the problem.
     public init(tokenizerJSON: URL, configJSON: URL? = nil) throws(TokenizerError) {
-        try self.init(tokenizerJSON: tokenizerJSON, configJSON: configJSON, generationConfigJSON: nil)
+        try self.init(tokenizerJSON: Source(url: tokenizerJSON), configJSON: configJSON.map { Source(url: $0) }, generationConfigJSON: nil)
     }
 
-    private init(tokenizerJSON: URL, configJSON: URL?, generationConfigJSON: URL?) throws(TokenizerError) {
-        let root = try JSONNode.load(tokenizerJSON)
+    private init(tokenizerJSON source: Source, configJSON configSource: Source?, generationConfigJSON generationSource: Source?) throws(TokenizerError) {
+        let tokenizerJSON = source.url
+        let root = try JSONNode.load(tokenizerJSON, contents: source.contents)
         if let version = root.optional("version"), try version.string() != "1.0" {
             throw version.invalid("unknown tokenizer.json version \"\(try version.string())\" (expected 1.0)")
         }
@@ -109,8 +132,8 @@ public struct Tokenizer: Sendable {
         var bos: Int?
         var eos: [Int] = []
         var pad: Int?
-        if let configJSON {
-            let config = try JSONNode.load(configJSON)
+        if let configSource {
+            let config = try JSONNode.load(configSource.url, contents: configSource.contents)
             func tokenID(_ key: String) throws(TokenizerError) -> (id: Int32, name: String)? {
                 guard let node = config.optional(key) else { return nil }
                 let name = try (node.optional("content") ?? node).string()
@@ -127,8 +150,8 @@ public struct Tokenizer: Sendable {
             pad = try tokenID("pad_token").map { Int($0.id) }
             try Self.applySpecialTokenFlags(config, bos: bosToken, eos: eosToken, to: &processor)
         }
-        if let generationConfigJSON {
-            let generation = try JSONNode.load(generationConfigJSON)
+        if let generationSource {
+            let generation = try JSONNode.load(generationSource.url, contents: generationSource.contents)
             if let node = generation.optional("eos_token_id") {
                 let entries = (try? node.array()) ?? [node]
                 for entry in entries {

@@ -192,8 +192,8 @@ public struct GroupedQueryAttention: Sendable {
     /// Softmax in place of query i's scores s[j − keys.lowerBound] over the
     /// keys it sees; the others become 0. Returns the row's log-sum-exp. A
     /// row with no visible key (a left-padding query) becomes all zeros.
-    private func softmaxRow(_ s: UnsafeMutablePointer<Float>, query i: Int, keys: Range<Int>,
-                            mask: UnsafePointer<UInt8>?, sequences: UnsafePointer<Int32>?) -> Float {
+    func softmaxRow(_ s: UnsafeMutablePointer<Float>, query i: Int, keys: Range<Int>,
+                    mask: UnsafePointer<UInt8>?, sequences: UnsafePointer<Int32>? = nil) -> Float {
         maskRow(s, query: i, keys: keys, mask: mask, sequences: sequences)
         let n = keys.count
         var m = -Float.infinity

@@ -1,0 +1,224 @@
+import Dispatch
+import Foundation
+
+/// `qlora bench generate`: decode speed of packed models of realistic shape
+/// next to what memory bandwidth allows.
+///
+/// Decoding one token reads every weight once (and the KV cache so far), and
+/// at batch 1 the products are bound by that read, not by arithmetic. So the
+/// bound on tokens per second is the read bandwidth over the bytes one token
+/// reads; the benchmark measures that bandwidth in the same process with a
+/// streaming read of a buffer much larger than the last-level cache, on all
+/// cores as decoding uses them, and reports the fraction of the bound that
+/// decoding achieves.
+///
+/// The models have random weights (speed does not depend on the values) and
+/// are written straight to packed files in a temporary folder, every linear,
+/// the embedding and the output head quantized (as `qlora quantize
+/// --quantize-embeddings` would), norms in F32.
+public enum GenerationBenchmark {
+    /// TinyLlama-1.1B's shape: hidden 2048, MLP 5632, 22 layers, 32 query
+    /// heads over 4 kv heads, vocabulary 32000, untied output head.
+    public static let billionParameterLlama = LlamaConfiguration(
+        hiddenSize: 2048, intermediateSize: 5632, hiddenLayers: 22, attentionHeads: 32, kvHeads: 4,
+        vocabularySize: 32000, maxPositionEmbeddings: 2048, rmsNormEps: 1e-5)
+
+    public struct Options: Sendable {
+        public var configuration = GenerationBenchmark.billionParameterLlama
+        public var specs = [QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8), QuantSpec(type: .int8, blockSize: 64, scaleKind: .dq8)]
+        /// Random prompt tokens prefilled before decoding.
+        public var promptTokens = 32
+        /// Tokens decoded and timed (after an untimed warm-up of a few).
+        public var decodeTokens = 32
+        public var seed: UInt64 = 1
+        public init() {}
+    }
+
+    /// One packed model's figures.
+    public struct Case: Sendable, Codable {
+        public var spec: String
+        public var fileBytes: Int
+        /// Weights one decode step reads: every linear (packed or fp32), norms.
+        public var weightBytesPerToken: Int
+        /// KV cache one decode step reads, at the mean position of the timed tokens.
+        public var kvBytesPerToken: Int
+        public var prefillTokensPerSecond: Double
+        public var decodeTokens: Int
+        public var decodeTokensPerSecond: Double
+        /// read bandwidth ÷ (weight + KV bytes per token)
+        public var boundTokensPerSecond: Double
+        public var fractionOfBound: Double
+        /// VmRSS and VmHWM after decoding (the peak includes writing the file).
+        public var residentBytes: Int?
+        public var peakResidentBytes: Int?
+        public var writeSeconds: Double
+    }
+
+    public struct Report: Sendable, Codable {
+        public var parameters: Int
+        public var threads: Int
+        public var lastLevelCacheBytes: Int?
+        public var bandwidthBufferBytes: Int
+        /// Streaming read on all threads, best of several passes.
+        public var readBandwidthBytesPerSecond: Double
+        /// /proc/loadavg's 1-minute figure before the run: other work on the machine.
+        public var loadAverage: Double?
+        public var cases: [Case]
+    }
+
+    /// Writes the models in a temporary folder (removed afterwards), then
+    /// measures each. `log` gets a line per phase.
+    public static func run(_ options: Options, log: (String) -> Void = { _ in }) throws -> Report {
+        let load = loadAverage()
+        let threads = ComputePool.shared.threadCount
+        let llc = lastLevelCacheBytes()
+        let bufferBytes = max(1 << 30, 4 * (llc ?? 0))
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("qlora-bench-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let c = options.configuration
+        var cases: [Case] = []
+        var bandwidth = 0.0
+        for spec in options.specs {
+            let url = directory.appendingPathComponent("\(spec.type)-\(spec.blockSize)-\(spec.scaleKind.rawValue).qlora")
+            log("writing a random \(c.hiddenLayers)-layer model packed as \(spec)")
+            let written = ContinuousClock.now
+            try writeRandomModel(c, spec: spec, to: url, seed: options.seed)
+            let writeSeconds = (ContinuousClock.now - written) / .seconds(1)
+            // Measured between the models, when nothing else of ours is running.
+            log("measuring read bandwidth over \(bufferBytes >> 20) MiB on \(threads) threads")
+            bandwidth = max(bandwidth, readBandwidth(bytes: bufferBytes, threads: threads))
+
+            let loaded = try LoadedModel(contentsOf: url)
+            let model = loaded.model
+            var generator = SplitMix64(seed: options.seed)
+            let prompt = (0..<options.promptTokens).map { _ in Int32(generator.next() % UInt64(c.vocabularySize)) }
+            var sampler = try Sampler(temperature: 0)
+            let cache = try KVCache(model: model, capacity: options.promptTokens + options.decodeTokens + 1)
+            log("decoding \(options.decodeTokens) tokens after a \(options.promptTokens)-token prompt")
+            // The first passes fault the mapped pages in; they are not timed.
+            _ = try model.generate(prompt: prompt, maxTokens: 3, sampler: &sampler, cache: cache)
+            let result = try model.generate(prompt: prompt, maxTokens: options.decodeTokens + 1, sampler: &sampler, cache: cache)
+            let memory = ResidentMemory.now()
+
+            let weights = weightBytesPerToken(model)
+            let meanPosition = options.promptTokens + options.decodeTokens / 2
+            let kv = 2 * c.hiddenLayers * meanPosition * c.kvHeads * c.headDimensions * 4
+            let bound = bandwidth / Double(weights + kv)
+            cases.append(Case(spec: spec.description, fileBytes: loaded.weightFileBytes, weightBytesPerToken: weights,
+                              kvBytesPerToken: kv, prefillTokensPerSecond: result.promptTokensPerSecond,
+                              decodeTokens: result.decodeSteps, decodeTokensPerSecond: result.decodeTokensPerSecond,
+                              boundTokensPerSecond: bound, fractionOfBound: result.decodeTokensPerSecond / bound,
+                              residentBytes: memory?.current, peakResidentBytes: memory?.peak, writeSeconds: writeSeconds))
+            try? FileManager.default.removeItem(at: url)
+        }
+        let parameters = c.tensorInventory.filter { !(c.tieWordEmbeddings && $0.kind == .outputHead) }
+            .reduce(0) { $0 + $1.shape.reduce(1, *) }
+        return Report(parameters: parameters, threads: threads, lastLevelCacheBytes: llc, bandwidthBufferBytes: bufferBytes,
+                      readBandwidthBytesPerSecond: bandwidth, loadAverage: load, cases: cases)
+    }
+
+    /// Bytes of weights a single-token forward pass reads: every projection's
+    /// base (packed bytes, or 4 per fp32 weight) and the norms.
+    public static func weightBytesPerToken(_ model: LlamaModel) -> Int {
+        let c = model.configuration
+        let linears = model.projections.reduce(0) { total, p in
+            total + ((p.base as? PackedLinear)?.packedBytes ?? p.inFeatures * p.outFeatures * 4)
+        }
+        return linears + (2 * c.hiddenLayers + 1) * c.hiddenSize * 4
+    }
+
+    /// A packed checkpoint of configuration `c` with uniform random weights
+    /// (std 0.02), quantized with `spec` chunk by chunk on all cores.
+    public static func writeRandomModel(_ c: LlamaConfiguration, spec: QuantSpec, to url: URL, seed: UInt64) throws {
+        let writer = try PackedCheckpointWriter(url: url, configJSON: try JSONEncoder().encode(c),
+                                                metadata: ["producer": "qlora bench generate", "quantization": spec.description])
+        for (index, tensor) in c.tensorInventory.enumerated() where !(c.tieWordEmbeddings && tensor.kind == .outputHead) {
+            if tensor.kind.isNorm {
+                let ones = [Float](repeating: 1, count: tensor.shape.reduce(1, *))
+                try ones.withUnsafeBytes { try writer.add(name: tensor.name, dtype: .F32, shape: tensor.shape, bytes: $0) }
+                continue
+            }
+            let encoder = try BlockEncoder(spec: spec, shape: tensor.shape)
+            let count = encoder.layout.count, chunk = 1 << 18
+            let chunks = (count + chunk - 1) / chunk
+            DispatchQueue.concurrentPerform(iterations: chunks) { i in
+                let range = (i * chunk)..<min(count, (i + 1) * chunk)
+                var generator = SplitMix64(seed: seed ^ UInt64(index) << 32 ^ UInt64(i))
+                // Uniform on ±0.02·√3: standard deviation 0.02, like an initialized Llama.
+                let scale = Float(0.02 * 3.0.squareRoot()) / Float(Int32.max)
+                let values = (0..<range.count).map { _ in Float(Int32(truncatingIfNeeded: generator.next() >> 32)) * scale }
+                values.withUnsafeBufferPointer { encoder.encode($0, at: range.lowerBound) }
+            }
+            try writer.add(encoder.finish(), name: tensor.name)
+        }
+        try writer.finish()
+    }
+
+    /// Bytes per second of a streaming read of a `bytes` buffer, split across
+    /// `threads`: the best of three passes after one that warms up.
+    public static func readBandwidth(bytes: Int, threads: Int) -> Double {
+        let count = bytes / MemoryLayout<SIMD16<Float>>.stride
+        let buffer = UnsafeMutablePointer<SIMD16<Float>>.allocate(capacity: count)
+        defer { buffer.deallocate() }
+        buffer.initialize(repeating: SIMD16(repeating: 1), count: count) // touch every page first
+        let base = UncheckedPointer(buffer)
+        var best = 0.0
+        for pass in 0..<4 {
+            let sums = UnsafeMutableBufferPointer<Float>.allocate(capacity: threads)
+            defer { sums.deallocate() }
+            let out = UncheckedPointer(sums.baseAddress!)
+            let start = ContinuousClock.now
+            DispatchQueue.concurrentPerform(iterations: threads) { t in
+                let range = (count * t / threads)..<(count * (t + 1) / threads)
+                out.pointer[t] = sum(base.pointer + range.lowerBound, count: range.count)
+            }
+            let seconds = (ContinuousClock.now - start) / .seconds(1)
+            // The sums are read so the loads cannot be optimized away.
+            if pass > 0 && sums.reduce(0, +).isFinite { best = max(best, Double(count * 64) / seconds) }
+        }
+        return best
+    }
+
+    /// Σ of n vectors with four independent accumulators, so loads stream.
+    private static func sum(_ p: UnsafePointer<SIMD16<Float>>, count n: Int) -> Float {
+        var a = SIMD16<Float>(), b = a, c = a, d = a
+        var i = 0
+        while i + 4 <= n {
+            a += p[i]
+            b += p[i + 1]
+            c += p[i + 2]
+            d += p[i + 3]
+            i += 4
+        }
+        while i < n {
+            a += p[i]
+            i += 1
+        }
+        return (a + b + c + d).sum()
+    }
+
+    /// The last-level cache's size from sysfs (Linux), nil elsewhere.
+    static func lastLevelCacheBytes() -> Int? {
+        let root = "/sys/devices/system/cpu/cpu0/cache"
+        let levels = (try? FileManager.default.contentsOfDirectory(atPath: root))?.filter { $0.hasPrefix("index") } ?? []
+        let sizes = levels.compactMap { index -> Int? in
+            guard let text = try? String(contentsOfFile: "\(root)/\(index)/size", encoding: .utf8) else { return nil }
+            let s = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            let unit = s.last.map { ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30][String($0)] ?? 1 } ?? 1
+            return Int(s.filter(\.isNumber)).map { $0 * unit }
+        }
+        return sizes.max()
+    }
+
+    static func loadAverage() -> Double? {
+        (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first.flatMap { Double($0) }
+    }
+}
+
+/// A pointer that threads of one synchronous parallel call share, each
+/// touching its own part.
+private struct UncheckedPointer<T>: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<T>
+    init(_ pointer: UnsafeMutablePointer<T>) { self.pointer = pointer }
+}

@@ -1,0 +1,39 @@
+import COpenBLAS
+import QLoRACompute
+import QLoRAStorage
+
+/// A frozen fp32 linear map whose weight W [out, in] is a `FloatTensor`: an
+/// F32 tensor of a packed checkpoint viewed in place in the mapped file (an
+/// output head kept unquantized), so loading it copies nothing. `DenseLinear`
+/// is the same product over an array.
+public struct MappedLinear: FrozenLinear {
+    public let inFeatures: Int
+    public let outFeatures: Int
+    public let weight: FloatTensor
+
+    /// - Precondition: `weight` is [out, in] (loaders check the shape first).
+    public init(weight: FloatTensor) {
+        precondition(weight.shape.count == 2, "[MappedLinear] weight of shape \(weight.shape) is not [out, in]")
+        self.weight = weight
+        outFeatures = weight.shape[0]
+        inFeatures = weight.shape[1]
+    }
+
+    public func forward(_ x: UnsafePointer<Float>, rows n: Int, into y: UnsafeMutablePointer<Float>) {
+        guard n > 0 else { return }
+        weight.withValues { w in
+            // y[n, out] = x[n, in] · W[out, in]ᵀ
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(outFeatures), Int32(inFeatures),
+                        1, x, Int32(inFeatures), w.baseAddress, Int32(inFeatures), 0, y, Int32(outFeatures))
+        }
+    }
+
+    public func backwardInput(_ dy: UnsafePointer<Float>, rows n: Int, into dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        guard n > 0 else { return }
+        weight.withValues { w in
+            // dx[n, in] (+)= dy[n, out] · W[out, in]
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(inFeatures), Int32(outFeatures),
+                        1, dy, Int32(outFeatures), w.baseAddress, Int32(inFeatures), accumulate ? 1 : 0, dx, Int32(inFeatures))
+        }
+    }
+}
