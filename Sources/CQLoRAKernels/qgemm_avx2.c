@@ -20,17 +20,16 @@
 #if defined(__x86_64__) || defined(__i386__)
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
 
-// Tile sizes: a KC-deep slab of A (MC rows) stays in L2, one 16 × KC panel
-// of the dequantized tile (16 KB) stays in L1 while every A panel streams past.
-#ifndef MBV
-#define MBV 144
-#endif
-enum { MR = 6, NR = 16, KC = 256, MC = 516, NC_FWD = 128, NC_BWD = 256, MB = MBV };
+// Tile sizes: X is packed MC rows × KC columns at a time; the dequantized
+// tile (at most 256 × KC) and MB rows of packed X stay in L2, one 16 × KC
+// panel of the tile (16 KB) stays in L1 while MB/6 panels of X stream past.
+enum { MR = 6, NR = 16, KC = 256, MC = 516, NC_FWD = 128, NC_BWD = 256, MB = 144 };
 
 // ----------------------------------------------------------------------------
 // Scales and block decoding (bit-exact with the reference)
@@ -123,11 +122,23 @@ void qk_dequantize_span_avx2(float *restrict y, const qk_packed *w, int64_t firs
 // ----------------------------------------------------------------------------
 // Few rows: fused decode in registers
 // ----------------------------------------------------------------------------
-// The unit of decoding is a "sub-block" of 32 weights. For 4-bit types it is
-// 16 code bytes at byte offset h of a block: their low nibbles are weights
-// h..h+15 and their high nibbles B/2+h..B/2+h+15. The four output vectors f[q]
-// hold [h+4q .. h+4q+3 | B/2+h+4q .. B/2+h+4q+3] (one 128-bit lane each).
-// For INT8 it is 32 code bytes in natural order.
+// Weights are decoded 32 at a time into four vectors whose element order is
+// fixed per kind (sub_order below); x is permuted to match.
+// - KIND_INT8: 32 code bytes, natural order.
+// - KIND_LUT4 (INT4, NF4, FP4): 16 code bytes at byte offset h of a block; low
+//   nibbles are weights h..h+15, high nibbles B/2+h..B/2+h+15. The codes index
+//   four byte planes of the type's fp32 table (vpshufb, 32 lookups each) and
+//   unpacks reassemble the floats: f[q] = [h+4q .. h+4q+3 | B/2+h+4q .. +3].
+// Both cost about the same number of instructions per weight, which is what
+// bounds this loop (not memory, not the shuffle ports): keep it lean.
+enum { KIND_INT8, KIND_LUT4 };
+
+// Natural index (within a block) of the weight at decoded position p.
+static int64_t sub_order(int kind, int64_t B, int64_t p) {
+    if (kind == KIND_INT8) return p;
+    const int64_t u = p / 32, r = p % 32, q = r / 8, lane = (r % 8) / 4, e = r % 4;
+    return 16 * u + 4 * q + e + lane * (B / 2);
+}
 
 typedef struct {
     __m256i plane[4];  // byte p of each of the 16 fp32 table values
@@ -152,7 +163,7 @@ AVX2 static lut4 lut4_make(int32_t type) {
     return l;
 }
 
-AVX2_INLINE void decode_sub4(__m256 f[4], const uint8_t *c, const lut4 *l) {
+AVX2_INLINE void decode_lut4(__m256 f[4], const uint8_t *c, const lut4 *l) {
     __m256i q = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)c));
     q = _mm256_and_si256(_mm256_srlv_epi64(q, l->shift), l->nibble);
     const __m256i b0 = _mm256_shuffle_epi8(l->plane[0], q), b1 = _mm256_shuffle_epi8(l->plane[1], q);
@@ -165,31 +176,73 @@ AVX2_INLINE void decode_sub4(__m256 f[4], const uint8_t *c, const lut4 *l) {
     f[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(h01, h23));
 }
 
-AVX2_INLINE void decode_sub8(__m256 f[4], const uint8_t *c) {
+AVX2_INLINE void decode_int8(__m256 f[4], const uint8_t *c) {
     for (int q = 0; q < 4; q++)
         f[q] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(c + 8 * q))));
 }
 
-// Natural index (within a block) of the weight at decoded position p.
-static int64_t sub_order(int32_t type, int64_t B, int64_t p) {
-    if (type == QK_TYPE_INT8) return p;
-    const int64_t u = p / 32, r = p % 32, q = r / 8, lane = (r % 8) / 4, e = r % 4;
-    return 16 * u + 4 * q + e + lane * (B / 2);
+// Weights s..s+31 (offset within the block) of the block whose codes start at c.
+AVX2_INLINE void decode_unit(__m256 f[4], const uint8_t *c, int64_t s, const lut4 *l, const int kind) {
+    if (kind == KIND_INT8) decode_int8(f, c + s);
+    else decode_lut4(f, c + s / 2, l);
+}
+
+// Blocks decoded per batch of block steps (a stack buffer).
+enum { STEP_BATCH = 64 };
+
+// The step of blocks [first, first + count): absmax / 127, absmax / 7 or
+// absmax, computed as the reference does, so the loops over weights carry no
+// branch on the scale storage or the type.
+AVX2 static void block_steps(float *restrict d, const qk_packed *w, int64_t first, int64_t count) {
+    int64_t i = 0;
+    switch (w->scale_kind) {
+    case QK_SCALE_F32: memcpy(d, (const float *)w->scales + first, (size_t)count * sizeof(float)); break;
+    case QK_SCALE_F16: {
+        const uint16_t *h = (const uint16_t *)w->scales + first;
+        for (; i + 8 <= count; i += 8) _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+        for (; i < count; i++) d[i] = _cvtsh_ss(h[i]);
+        break;
+    }
+    default: {
+        // dynamic8[q] · group scale + offset, eight blocks at a time when they
+        // share a group (a gather of the code table; two roundings, no FMA,
+        // like the reference).
+        const uint8_t *q = (const uint8_t *)w->scales;
+        const __m256 off = _mm256_set1_ps(w->offset);
+        for (; i + 8 <= count; i += 8) {
+            const int64_t b = first + i;
+            if (b / QK_DQ_GROUP != (b + 7) / QK_DQ_GROUP) {
+                for (int j = 0; j < 8; j++) d[i + j] = block_absmax(w, b + j);
+                continue;
+            }
+            const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + b)));
+            const __m256 v = _mm256_mul_ps(_mm256_i32gather_ps(qk_dynamic8_table, idx, 4),
+                                           _mm256_set1_ps(w->group_scales[b / QK_DQ_GROUP]));
+            _mm256_storeu_ps(d + i, _mm256_add_ps(v, off));
+        }
+        for (; i < count; i++) d[i] = block_absmax(w, first + i);
+    }
+    }
+    if (w->type == QK_TYPE_INT8 || w->type == QK_TYPE_INT4) {
+        const float div = w->type == QK_TYPE_INT8 ? 127.0f : 7.0f;
+        for (i = 0; i + 8 <= count; i += 8) _mm256_storeu_ps(d + i, _mm256_div_ps(_mm256_loadu_ps(d + i), _mm256_set1_ps(div)));
+        for (; i < count; i++) d[i] = d[i] / div;
+    }
 }
 
 // dst[p] = src[natural(p)] over a whole row of blocks (forward: permute x).
-static void permute_row(float *restrict dst, const float *restrict src, int64_t len, int32_t type, int64_t B) {
+static void permute_row(float *restrict dst, const float *restrict src, int64_t len, int kind, int64_t B) {
     int64_t order[256];
-    for (int64_t p = 0; p < B; p++) order[p] = sub_order(type, B, p);
+    for (int64_t p = 0; p < B; p++) order[p] = sub_order(kind, B, p);
     for (int64_t b = 0; b < len; b += B)
         for (int64_t p = 0; p < B; p++) dst[b + p] = src[b + order[p]];
 }
 
 // dst[natural(p)] (+)= src[p] (backward: un-permute dx).
-static void unpermute_row(float *restrict dst, const float *restrict src, int64_t len, int32_t type, int64_t B,
+static void unpermute_row(float *restrict dst, const float *restrict src, int64_t len, int kind, int64_t B,
                           int accumulate) {
     int64_t order[256];
-    for (int64_t p = 0; p < B; p++) order[p] = sub_order(type, B, p);
+    for (int64_t p = 0; p < B; p++) order[p] = sub_order(kind, B, p);
     for (int64_t b = 0; b < len; b += B)
         for (int64_t p = 0; p < B; p++) {
             const float v = src[b + p];
@@ -207,22 +260,23 @@ AVX2_INLINE float hsum(__m256 v) {
 // Rows [begin, end) of y = x·Wᵀ for NT (1..QK_GEMV_MAX_N) rows of x, already
 // permuted into xp (NT × in). Each block's partial sum is scaled once.
 AVX2_INLINE void gemv_forward(float *restrict y, const float *restrict xp, const qk_packed *w,
-                              int64_t begin, int64_t end, const int NT, const int32_t type) {
+                              int64_t begin, int64_t end, const int NT, const int kind) {
     const int64_t in = w->cols, out = w->rows, B = w->block_size, bpr = in / B;
-    const size_t bb = qk_block_bytes(type, w->block_size), sub_bytes = type == QK_TYPE_INT8 ? 32 : 16;
-    const lut4 l = lut4_make(type);
+    const size_t bb = qk_block_bytes(w->type, w->block_size);
+    const lut4 l = lut4_make(w->type);
+    float d[STEP_BATCH];
     for (int64_t o = begin; o < end; o++) {
-        __m256 acc[4];
+        __m256 acc[QK_GEMV_MAX_N];
         for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
         const uint8_t *c = w->codes + (size_t)(o * bpr) * bb;
         for (int64_t b = 0; b < bpr; b++, c += bb) {
-            __m256 p0[4], p1[4];
+            if (b % STEP_BATCH == 0) block_steps(d, w, o * bpr + b, bpr - b < STEP_BATCH ? bpr - b : STEP_BATCH);
+            __m256 p0[QK_GEMV_MAX_N], p1[QK_GEMV_MAX_N];
             for (int t = 0; t < NT; t++) p0[t] = p1[t] = _mm256_setzero_ps();
             const float *xb = xp + b * B;
             for (int64_t s = 0; s < B; s += 32) {
                 __m256 f[4];
-                if (type == QK_TYPE_INT8) decode_sub8(f, c + s);
-                else decode_sub4(f, c + s / 32 * sub_bytes, &l);
+                decode_unit(f, c, s, &l, kind);
                 for (int t = 0; t < NT; t++) {
                     const float *xs = xb + t * in + s;
                     p0[t] = _mm256_fmadd_ps(f[0], _mm256_loadu_ps(xs), p0[t]);
@@ -231,8 +285,8 @@ AVX2_INLINE void gemv_forward(float *restrict y, const float *restrict xp, const
                     p1[t] = _mm256_fmadd_ps(f[3], _mm256_loadu_ps(xs + 24), p1[t]);
                 }
             }
-            const __m256 d = _mm256_set1_ps(block_step(type, block_absmax(w, o * bpr + b)));
-            for (int t = 0; t < NT; t++) acc[t] = _mm256_fmadd_ps(_mm256_add_ps(p0[t], p1[t]), d, acc[t]);
+            const __m256 step = _mm256_set1_ps(d[b % STEP_BATCH]);
+            for (int t = 0; t < NT; t++) acc[t] = _mm256_fmadd_ps(_mm256_add_ps(p0[t], p1[t]), step, acc[t]);
         }
         for (int t = 0; t < NT; t++) y[t * out + o] = hsum(acc[t]);
     }
@@ -243,29 +297,32 @@ AVX2_INLINE void gemv_forward(float *restrict y, const float *restrict xp, const
 // loaded and stored once per four rows; every dx element still sums the rows
 // of W in order, one FMA each.
 AVX2_INLINE void gemv_backward(float *restrict dxp, const float *restrict dy, const qk_packed *w,
-                               int64_t begin, int64_t end, const int NT, const int32_t type) {
+                               int64_t begin, int64_t end, const int NT, const int kind) {
     const int64_t in = w->cols, out = w->rows, B = w->block_size, bpr = in / B, len = end - begin;
-    const size_t bb = qk_block_bytes(type, w->block_size), sub_bytes = type == QK_TYPE_INT8 ? 32 : 16;
-    const lut4 l = lut4_make(type);
+    const int64_t b0 = begin / B, b1 = end / B;
+    const size_t bb = qk_block_bytes(w->type, w->block_size);
+    const lut4 l = lut4_make(w->type);
+    float d[4][STEP_BATCH];
     for (int64_t o = 0; o < out; o += 4) {
         const int R = out - o < 4 ? (int)(out - o) : 4;
-        for (int64_t b = begin / B; b < end / B; b++) {
-            __m256 s[4][4];  // [row][token]: dy · block step
+        for (int64_t b = b0; b < b1; b++) {
+            if ((b - b0) % STEP_BATCH == 0)
+                for (int r = 0; r < R; r++)
+                    block_steps(d[r], w, (o + r) * bpr + b, b1 - b < STEP_BATCH ? b1 - b : STEP_BATCH);
+            __m256 s[4][QK_GEMV_MAX_N];  // [row][token]: dy · block step
             const uint8_t *c[4];
             for (int r = 0; r < R; r++) {
-                const float d = block_step(type, block_absmax(w, (o + r) * bpr + b));
-                for (int t = 0; t < NT; t++) s[r][t] = _mm256_set1_ps(dy[t * out + o + r] * d);
+                for (int t = 0; t < NT; t++) s[r][t] = _mm256_set1_ps(dy[t * out + o + r] * d[r][(b - b0) % STEP_BATCH]);
                 c[r] = w->codes + (size_t)((o + r) * bpr + b) * bb;
             }
             float *db = dxp + (b * B - begin);
             for (int64_t u = 0; u < B; u += 32) {
-                __m256 v[4][4];
+                __m256 v[QK_GEMV_MAX_N][4];
                 for (int t = 0; t < NT; t++)
                     for (int q = 0; q < 4; q++) v[t][q] = _mm256_loadu_ps(db + t * len + u + 8 * q);
                 for (int r = 0; r < R; r++) {
                     __m256 f[4];
-                    if (type == QK_TYPE_INT8) decode_sub8(f, c[r] + u);
-                    else decode_sub4(f, c[r] + u / 32 * sub_bytes, &l);
+                    decode_unit(f, c[r], u, &l, kind);
                     for (int t = 0; t < NT; t++)
                         for (int q = 0; q < 4; q++) v[t][q] = _mm256_fmadd_ps(s[r][t], f[q], v[t][q]);
                 }
@@ -277,23 +334,22 @@ AVX2_INLINE void gemv_backward(float *restrict dxp, const float *restrict dy, co
 }
 
 #define GEMV_CASES(CALL)                                                                       \
-    switch (type) {                                                                            \
-    case QK_TYPE_INT8: CALL(QK_TYPE_INT8); break;                                              \
-    case QK_TYPE_INT4: CALL(QK_TYPE_INT4); break;                                              \
-    case QK_TYPE_NF4: CALL(QK_TYPE_NF4); break;                                                \
-    default: CALL(QK_TYPE_FP4); break;                                                         \
+    if (kind == KIND_INT8) {                                                                   \
+        CALL(KIND_INT8)                                                                        \
+    } else {                                                                                   \
+        CALL(KIND_LUT4)                                                                        \
     }
 
 AVX2 static void gemv_forward_any(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
                                   int64_t begin, int64_t end, float *restrict xp) {
     const int64_t in = w->cols;
-    const int32_t type = w->type;
-    for (int64_t i = 0; i < n; i++) permute_row(xp + i * in, x + i * in, in, type, w->block_size);
-#define FWD(T)                                                                                 \
-    if (n == 1) gemv_forward(y, xp, w, begin, end, 1, T);                                      \
-    else if (n == 2) gemv_forward(y, xp, w, begin, end, 2, T);                                 \
-    else if (n == 3) gemv_forward(y, xp, w, begin, end, 3, T);                                 \
-    else gemv_forward(y, xp, w, begin, end, 4, T);
+    const int kind = w->type == QK_TYPE_INT8 ? KIND_INT8 : KIND_LUT4;
+    for (int64_t i = 0; i < n; i++) permute_row(xp + i * in, x + i * in, in, kind, w->block_size);
+#define FWD(K)                                                                                 \
+    if (n == 1) gemv_forward(y, xp, w, begin, end, 1, K);                                      \
+    else if (n == 2) gemv_forward(y, xp, w, begin, end, 2, K);                                 \
+    else if (n == 3) gemv_forward(y, xp, w, begin, end, 3, K);                                 \
+    else gemv_forward(y, xp, w, begin, end, 4, K);
     GEMV_CASES(FWD)
 #undef FWD
 }
@@ -301,17 +357,17 @@ AVX2 static void gemv_forward_any(float *restrict y, const float *restrict x, in
 AVX2 static void gemv_backward_any(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
                                    int64_t begin, int64_t end, int accumulate, float *restrict dxp) {
     const int64_t in = w->cols, len = end - begin;
-    const int32_t type = w->type;
+    const int kind = w->type == QK_TYPE_INT8 ? KIND_INT8 : KIND_LUT4;
     memset(dxp, 0, (size_t)(n * len) * sizeof(float));
-#define BWD(T)                                                                                 \
-    if (n == 1) gemv_backward(dxp, dy, w, begin, end, 1, T);                                   \
-    else if (n == 2) gemv_backward(dxp, dy, w, begin, end, 2, T);                              \
-    else if (n == 3) gemv_backward(dxp, dy, w, begin, end, 3, T);                              \
-    else gemv_backward(dxp, dy, w, begin, end, 4, T);
+#define BWD(K)                                                                                 \
+    if (n == 1) gemv_backward(dxp, dy, w, begin, end, 1, K);                                   \
+    else if (n == 2) gemv_backward(dxp, dy, w, begin, end, 2, K);                              \
+    else if (n == 3) gemv_backward(dxp, dy, w, begin, end, 3, K);                              \
+    else gemv_backward(dxp, dy, w, begin, end, 4, K);
     GEMV_CASES(BWD)
 #undef BWD
     for (int64_t i = 0; i < n; i++)
-        unpermute_row(dx + i * in + begin, dxp + i * len, len, type, w->block_size, accumulate);
+        unpermute_row(dx + i * in + begin, dxp + i * len, len, kind, w->block_size, accumulate);
 }
 
 // ----------------------------------------------------------------------------
@@ -321,6 +377,9 @@ AVX2 static void gemv_backward_any(float *restrict dx, const float *restrict dy,
 // C[6 × 16] (=|+=) A-panel · B-panel over kc; a is [kc][6], b is [kc][16].
 AVX2 __attribute__((noinline)) static void micro_6x16(const float *restrict a, const float *restrict b, int64_t kc, float *restrict c,
                             int64_t ldc, int first) {
+    // The C rows come from far away (Y is large); ask for them now so they
+    // arrive while the k loop runs instead of stalling the stores after it.
+    for (int r = 0; r < MR; r++) _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     for (int64_t k = 0; k < kc; k++, a += MR, b += NR) {
@@ -447,16 +506,17 @@ AVX2 static void pack_w_backward(float *restrict bp, const qk_packed *w, int64_t
 // C[m × nc] (=|+=) packed A · packed B panels, C with leading dimension ldc.
 AVX2 static void tile_multiply(float *restrict c, int64_t ldc, const float *restrict ap, const float *restrict bp,
                                int64_t m, int64_t nc, int64_t kc, int first) {
-    for (int64_t i0 = 0; i0 < m; i0 += MB)
-    for (int64_t j = 0; j < nc; j += NR) {
-        const float *b = bp + j * kc;
-        const int64_t cols = nc - j < NR ? nc - j : NR;
+    for (int64_t i0 = 0; i0 < m; i0 += MB) {
         const int64_t i1 = m - i0 < MB ? m : i0 + MB;
-        for (int64_t i = i0; i < i1; i += MR) {
-            const float *a = ap + i * kc;
-            const int64_t rows = m - i < MR ? m - i : MR;
-            if (rows == MR && cols == NR) micro_6x16(a, b, kc, c + i * ldc + j, ldc, first);
-            else micro_edge(a, b, kc, c + i * ldc + j, ldc, first, rows, cols);
+        for (int64_t j = 0; j < nc; j += NR) {
+            const float *b = bp + j * kc;
+            const int64_t cols = nc - j < NR ? nc - j : NR;
+            for (int64_t i = i0; i < i1; i += MR) {
+                const float *a = ap + i * kc;
+                const int64_t rows = m - i < MR ? m - i : MR;
+                if (rows == MR && cols == NR) micro_6x16(a, b, kc, c + i * ldc + j, ldc, first);
+                else micro_edge(a, b, kc, c + i * ldc + j, ldc, first, rows, cols);
+            }
         }
     }
 }

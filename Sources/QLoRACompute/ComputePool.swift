@@ -1,4 +1,3 @@
-import Dispatch
 import Foundation
 
 /// Splits a kernel's work across threads and owns the scratch memory each
@@ -10,19 +9,22 @@ import Foundation
 /// count every run performs the same floating-point operations in the same
 /// order: results are bitwise reproducible.
 ///
-/// One call runs at a time (a lock guards the scratch), and a call already
-/// uses every thread, so concurrent callers simply queue. The body of a call
-/// must not call back into the same pool.
+/// The worker threads are started once and sleep between calls; a call
+/// allocates nothing once the scratch has grown to its size (libdispatch's
+/// concurrentPerform allocates on every call, hence threads of our own).
+/// One call runs at a time (concurrent callers queue: a call already uses
+/// every thread), and the body of a call must not call back into its pool.
 public final class ComputePool: @unchecked Sendable {
     /// The pool used when none is given: one thread per online CPU.
     public static let shared = ComputePool()
 
-    /// Threads one call is split across.
+    /// Threads one call is split across (the caller's thread is one of them).
     public let threadCount: Int
 
-    private let lock = NSLock()
+    private let callLock = NSLock()
     private var scratch: [UnsafeMutablePointer<Float>] = []
     private var scratchFloats = 0
+    private var workers: Workers?
 
     /// - Parameter threadCount: threads per call; defaults to the CPUs this
     ///   process may run on. Values below 1 are treated as 1.
@@ -31,13 +33,14 @@ public final class ComputePool: @unchecked Sendable {
     }
 
     deinit {
+        workers?.stop()
         for p in scratch { p.deallocate() }
     }
 
-    /// Bytes of scratch currently held (grows to the largest request seen).
+    /// Bytes of scratch currently held (it grows to the largest request seen).
     public var scratchBytes: Int {
-        lock.lock()
-        defer { lock.unlock() }
+        callLock.lock()
+        defer { callLock.unlock() }
         return scratch.count * scratchFloats * MemoryLayout<Float>.stride
     }
 
@@ -49,26 +52,41 @@ public final class ComputePool: @unchecked Sendable {
         return lo..<hi
     }
 
-    /// Runs `body` once per slice of `0..<extent`, in parallel, each with its
-    /// own 64-byte aligned scratch of at least `scratchFloats` floats.
+    /// One slice of work for the allocation-free `run`: `(context, lower, upper, scratch)`.
+    public typealias Task = @convention(c) (UnsafeRawPointer, Int, Int, UnsafeMutablePointer<Float>) -> Void
+
+    /// Runs `task` once per slice `lower..<upper` of `0..<extent`, in parallel,
+    /// each with its own 64-byte aligned scratch of at least `scratchFloats`
+    /// floats. `context` carries the arguments (a struct on the caller's
+    /// stack); a C-convention task captures nothing, so the call allocates
+    /// nothing, which the per-token kernels rely on.
+    public func run(extent: Int, grain: Int, scratchFloats need: Int, context: UnsafeRawPointer, task: Task) {
+        guard extent > 0 else { return }
+        callLock.lock()
+        defer { callLock.unlock() }
+        let slices = min(threadCount, (extent + grain - 1) / grain)
+        reserve(slices: slices, floats: need)
+        if slices == 1 {
+            task(context, 0, extent, scratch[0])
+            return
+        }
+        if workers == nil { workers = Workers(count: threadCount - 1) }
+        workers!.run(Job(task: task, context: context, scratch: scratch, slices: slices, extent: extent, grain: grain))
+    }
+
+    /// Closure form of `run` for code off the hot path (it may allocate a
+    /// closure context per call).
     public func run(
         extent: Int, grain: Int, scratchFloats need: Int,
         _ body: (Range<Int>, UnsafeMutablePointer<Float>) -> Void
     ) {
-        guard extent > 0 else { return }
-        lock.lock()
-        defer { lock.unlock() }
-        let slices = min(threadCount, (extent + grain - 1) / grain)
-        reserve(slices: slices, floats: need)
-        if slices == 1 {
-            body(0..<extent, scratch[0])
-            return
-        }
-        let buffers = UncheckedSendable(scratch)
+        typealias Body = (Range<Int>, UnsafeMutablePointer<Float>) -> Void
         withoutActuallyEscaping(body) { body in
-            let work = UncheckedSendable(body)
-            DispatchQueue.concurrentPerform(iterations: slices) { t in
-                work.value(Self.slice(t, of: slices, extent: extent, grain: grain), buffers.value[t])
+            withUnsafePointer(to: body) { p in
+                run(extent: extent, grain: grain, scratchFloats: need, context: UnsafeRawPointer(p)) {
+                    context, lower, upper, scratch in
+                    context.assumingMemoryBound(to: Body.self).pointee(lower..<upper, scratch)
+                }
             }
         }
     }
@@ -88,9 +106,84 @@ public final class ComputePool: @unchecked Sendable {
     }
 }
 
-/// Carries a non-Sendable value (a closure over raw pointers) into the
-/// threads of one synchronous parallel call that outlives none of them.
-struct UncheckedSendable<T>: @unchecked Sendable {
-    let value: T
-    init(_ value: T) { self.value = value }
+/// One parallel call: slice t runs on worker t (slice 0 on the caller).
+private struct Job {
+    let task: ComputePool.Task
+    let context: UnsafeRawPointer
+    let scratch: [UnsafeMutablePointer<Float>]
+    let slices: Int
+    let extent: Int
+    let grain: Int
+
+    func callAsFunction(_ t: Int) {
+        guard t < slices else { return }
+        let r = ComputePool.slice(t, of: slices, extent: extent, grain: grain)
+        task(context, r.lowerBound, r.upperBound, scratch[t])
+    }
+}
+
+/// Sleeping worker threads woken once per job. They hold this object, not
+/// the pool, so a pool can be released (which stops them).
+private final class Workers: @unchecked Sendable {
+    private let signal = NSCondition()
+    private var job: Job?
+    private var generation = 0
+    private var pending = 0
+    private var stopping = false
+
+    private let count: Int
+    private var started = 0
+
+    init(count: Int) {
+        self.count = count
+        for index in 1...count {
+            let thread = Thread { [self] in loop(index) }
+            thread.name = "qlora-compute-\(index)"
+            thread.start()
+        }
+        // A worker that started after a job was posted would skip its slice.
+        signal.lock()
+        while started < count { signal.wait() }
+        signal.unlock()
+    }
+
+    func run(_ job: Job) {
+        signal.lock()
+        self.job = job
+        generation += 1
+        pending = count
+        signal.broadcast()
+        signal.unlock()
+        job(0)
+        signal.lock()
+        while pending > 0 { signal.wait() }
+        self.job = nil
+        signal.unlock()
+    }
+
+    func stop() {
+        signal.lock()
+        stopping = true
+        signal.broadcast()
+        signal.unlock()
+    }
+
+    private func loop(_ index: Int) {
+        signal.lock()
+        started += 1
+        signal.broadcast()
+        var seen = generation
+        while true {
+            while generation == seen && !stopping { signal.wait() }
+            if stopping { break }
+            seen = generation
+            let job = self.job!
+            signal.unlock()
+            job(index)
+            signal.lock()
+            pending -= 1
+            if pending == 0 { signal.broadcast() }
+        }
+        signal.unlock()
+    }
 }

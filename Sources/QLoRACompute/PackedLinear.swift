@@ -104,13 +104,16 @@ public final class PackedLinear: FrozenLinear, @unchecked Sendable {
     public func forward(_ x: UnsafePointer<Float>, rows n: Int, into y: UnsafeMutablePointer<Float>) {
         precondition(n >= 0, "[PackedLinear] negative row count")
         guard n > 0 else { return }
-        let w = UnsafePointer(view), rows = Int64(n)
+        var call = KernelCall(output: y, input: x, rows: Int64(n), weight: view, accumulate: 0)
         let direction = Int32(QK_DIRECTION_FORWARD.rawValue)
-        pool.run(
-            extent: outFeatures, grain: Int(qk_matmul_grain(w, rows, direction)),
-            scratchFloats: qk_matmul_scratch_floats(w, rows, direction)
-        ) { range, scratch in
-            qk_matmul_forward(y, x, rows, w, Int64(range.lowerBound), Int64(range.upperBound), scratch)
+        withUnsafePointer(to: &call) { call in
+            pool.run(
+                extent: outFeatures, grain: Int(qk_matmul_grain(view, call.pointee.rows, direction)),
+                scratchFloats: qk_matmul_scratch_floats(view, call.pointee.rows, direction), context: call
+            ) { context, lower, upper, scratch in
+                let c = context.assumingMemoryBound(to: KernelCall.self).pointee
+                qk_matmul_forward(c.output, c.input, c.rows, c.weight, Int64(lower), Int64(upper), scratch)
+            }
         }
     }
 
@@ -120,14 +123,17 @@ public final class PackedLinear: FrozenLinear, @unchecked Sendable {
     ) {
         precondition(n >= 0, "[PackedLinear] negative row count")
         guard n > 0 else { return }
-        let w = UnsafePointer(view), rows = Int64(n)
+        var call = KernelCall(output: dx, input: dy, rows: Int64(n), weight: view, accumulate: accumulate ? 1 : 0)
         let direction = Int32(QK_DIRECTION_BACKWARD.rawValue)
-        pool.run(
-            extent: inFeatures, grain: Int(qk_matmul_grain(w, rows, direction)),
-            scratchFloats: qk_matmul_scratch_floats(w, rows, direction)
-        ) { range, scratch in
-            qk_matmul_backward(
-                dx, dy, rows, w, Int64(range.lowerBound), Int64(range.upperBound), accumulate ? 1 : 0, scratch)
+        withUnsafePointer(to: &call) { call in
+            pool.run(
+                extent: inFeatures, grain: Int(qk_matmul_grain(view, call.pointee.rows, direction)),
+                scratchFloats: qk_matmul_scratch_floats(view, call.pointee.rows, direction), context: call
+            ) { context, lower, upper, scratch in
+                let c = context.assumingMemoryBound(to: KernelCall.self).pointee
+                qk_matmul_backward(
+                    c.output, c.input, c.rows, c.weight, Int64(lower), Int64(upper), c.accumulate, scratch)
+            }
         }
     }
 
@@ -225,4 +231,13 @@ final class PackedBuffers: @unchecked Sendable {
         scales.deallocate()
         groupScales.deallocate()
     }
+}
+
+/// Arguments of one kernel call, passed to the pool's threads by pointer.
+private struct KernelCall {
+    let output: UnsafeMutablePointer<Float>
+    let input: UnsafePointer<Float>
+    let rows: Int64
+    let weight: UnsafeMutablePointer<qk_packed>
+    let accumulate: Int32
 }

@@ -1,10 +1,135 @@
 import ArgumentParser
+import Foundation
+import QLoRAKit
 
-/// `qlora bench ...`: performance measurements on synthetic models.
+/// `qlora bench`: measurements on this machine.
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Measure performance on synthetic models of realistic shape.",
-        subcommands: [BenchGenerateCommand.self]
+        abstract: "Measure the engine on this machine.",
+        subcommands: [BenchKernels.self, BenchGenerateCommand.self]
     )
+}
+
+/// `qlora bench kernels`: the packed products against OpenBLAS on fp32
+/// weights, the scalar reference and the memory bandwidth, in one process.
+struct BenchKernels: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kernels",
+        abstract: "Time the packed GEMV/GEMM kernels against OpenBLAS fp32, the scalar reference and memory bandwidth.",
+        discussion: """
+            Real Llama projection shapes (4096×4096, 11008×4096, 4096×11008, 2048×2048) at batch sizes \
+            1, 8, 64 and 512, forward (Y = X·Wᵀ) and backward (dX = dY·W). Methods run interleaved \
+            after a warm-up; times are medians. The default run (NF4/64 with double quantization \
+            everywhere, int4, int8 and fp4 at batch 1) takes a few minutes; --full times every type \
+            and block size and takes much longer.
+            """
+    )
+
+    @Flag(help: "Print a JSON array of records instead of the table (machine details go to stderr).")
+    var json = false
+
+    @Flag(help: "Every type, block size 32–256, f32 and dq8 scales, and the scalar reference at every batch size.")
+    var full = false
+
+    @Option(help: "Threads for the packed kernels and OpenBLAS (default: every CPU).")
+    var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+
+    static let shapes = [(4096, 4096), (11008, 4096), (4096, 11008), (2048, 2048)]
+    static let batchSizes = [1, 8, 64, 512]
+
+    func validate() throws {
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+    }
+
+    func run() throws {
+        let bench = KernelBenchmark(threads: threads)
+        let m = bench.machine
+        let bandwidth = bench.memoryBandwidth()
+        let header = """
+            qlora bench kernels: \(m.cpu), \(m.logicalCPUs) logical CPUs, \(m.threads) threads, kernels \(m.isa)
+            OpenBLAS: \(m.openBLAS), \(m.threads) threads; last-level cache \(m.lastLevelCacheBytes >> 20) MiB
+            load average at start: \(m.loadAverage)
+            memory read bandwidth (streaming \(max(1024, 8 * (m.lastLevelCacheBytes >> 20))) MiB, \(m.threads) threads): \
+            \(String(format: "%.1f", bandwidth / 1e9)) GB/s
+            """
+        if json { FileHandle.standardError.write(Data((header + "\n").utf8)) } else { print(header + "\n" + Self.tableHeader) }
+
+        var records: [[String: Any]] = []
+        for plan in plans() {
+            for (out, inFeatures) in plan.shapes {
+                let results = try bench.measure(
+                    spec: plan.spec, outFeatures: out, inFeatures: inFeatures, batchSizes: plan.batchSizes,
+                    directions: KernelBenchmark.Direction.allCases, referenceUpTo: full ? Int.max : 8
+                ) { r in
+                    if !json { print(Self.row(r, bandwidth: bandwidth)) }
+                }
+                records += results.map { Self.record($0, bandwidth: bandwidth) }
+            }
+        }
+        let end = "load average at end: \(KernelBenchmark.loadAverage())"
+        if json {
+            let data = try JSONSerialization.data(withJSONObject: records, options: [.prettyPrinted, .sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+            FileHandle.standardError.write(Data((end + "\n").utf8))
+        } else {
+            print(end)
+        }
+    }
+
+    /// Which specs run on which shapes and batch sizes.
+    private func plans() -> [(spec: QuantSpec, shapes: [(Int, Int)], batchSizes: [Int])] {
+        if full {
+            return QuantType.allCases.flatMap { type in
+                QuantSpec.blockSizes.flatMap { block in
+                    [ScaleKind.f32, .dq8].map {
+                        (QuantSpec(type: type, blockSize: block, scaleKind: $0), Self.shapes, Self.batchSizes)
+                    }
+                }
+            }
+        }
+        let decode = Array(Self.shapes.prefix(2))
+        return [
+            (QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8), Self.shapes, Self.batchSizes),
+            (QuantSpec(type: .int4, blockSize: 64, scaleKind: .dq8), decode, [1]),
+            (QuantSpec(type: .int8, blockSize: 64, scaleKind: .f32), decode, [1]),
+            (QuantSpec(type: .fp4, blockSize: 64, scaleKind: .dq8), decode, [1]),
+        ]
+    }
+
+    static let tableHeader = """
+        spec          out×in      n  dir   | ours ms   GFLOP/s  GB/s   %BW  | OpenBLAS ms  GFLOP/s  GB/s  | ×OpenBLAS | ref ms    ×ref
+        """
+
+    static func row(_ r: KernelBenchmark.Result, bandwidth: Double) -> String {
+        let c = r.benchCase
+        let spec = "\(c.spec.type)/\(c.spec.blockSize)/\(c.spec.scaleKind.rawValue)"
+        let pct = c.n == 1 ? String(format: "%4.0f%%", 100 * r.gbps * 1e9 / bandwidth) : "   - "
+        let ref = r.referenceSeconds.map { String(format: "%9.2f %6.1f", $0 * 1e3, $0 / r.seconds) } ?? "        -      -"
+        return String(
+            format: "%-13@ %5d×%-5d %4d %-4@ | %8.3f %8.1f %6.1f %@ | %11.3f %8.1f %5.1f | %9.2f | %@",
+            spec, c.outFeatures, c.inFeatures, c.n, c.direction == .forward ? "fwd" : "bwd", r.seconds * 1e3,
+            r.gflops, r.gbps, pct, r.openBLASSeconds * 1e3, r.openBLASGFlops, r.openBLASGBps, r.ratioVsOpenBLAS, ref)
+    }
+
+    static func record(_ r: KernelBenchmark.Result, bandwidth: Double) -> [String: Any] {
+        let c = r.benchCase
+        return [
+            "type": c.spec.type.rawValue,
+            "block_size": c.spec.blockSize,
+            "double_quant": c.spec.scaleKind == .dq8,
+            "scales": c.spec.scaleKind.rawValue,
+            "out": c.outFeatures,
+            "in": c.inFeatures,
+            "n": c.n,
+            "direction": c.direction.rawValue,
+            "median_seconds": r.seconds,
+            "gflops": r.gflops,
+            "gbps": r.gbps,
+            "ratio_vs_openblas": r.ratioVsOpenBLAS,
+            "openblas_median_seconds": r.openBLASSeconds,
+            "reference_median_seconds": r.referenceSeconds.map { $0 as Any } ?? NSNull(),
+            "bandwidth_fraction": r.gbps * 1e9 / bandwidth,
+        ]
+    }
 }

@@ -1,0 +1,363 @@
+import COpenBLAS
+import CQLoRAKernels
+import Dispatch
+import Foundation
+import QLoRAStorage
+
+/// Side-by-side timing of the packed products against OpenBLAS on fp32
+/// weights, the scalar reference, and the machine's memory bandwidth: what
+/// `qlora bench kernels` prints.
+///
+/// Honesty rules: every method runs in this one process, interleaved rep by
+/// rep, after a warm-up; times are medians; weights rotate through enough
+/// copies to exceed twice the last-level cache, so no method reads its
+/// weights from cache when a real model would not; OpenBLAS gets the same
+/// thread count as the packed kernels.
+public final class KernelBenchmark {
+    /// One product to time.
+    public struct Case: Sendable, Hashable {
+        public var spec: QuantSpec
+        public var outFeatures: Int
+        public var inFeatures: Int
+        public var n: Int
+        public var direction: Direction
+
+        public init(spec: QuantSpec, outFeatures: Int, inFeatures: Int, n: Int, direction: Direction) {
+            self.spec = spec
+            self.outFeatures = outFeatures
+            self.inFeatures = inFeatures
+            self.n = n
+            self.direction = direction
+        }
+
+        /// Multiply-adds count two flops.
+        public var flops: Double { 2 * Double(n) * Double(outFeatures) * Double(inFeatures) }
+        public var packedBytes: Int { PackedLayout(spec: spec, count: outFeatures * inFeatures).totalBytes }
+        public var fp32Bytes: Int { 4 * outFeatures * inFeatures }
+    }
+
+    public enum Direction: String, Sendable, Hashable, CaseIterable {
+        case forward, backward
+    }
+
+    /// Median seconds of each method on one case.
+    public struct Result: Sendable {
+        public let benchCase: Case
+        public let seconds: Double
+        public let openBLASSeconds: Double
+        /// nil when the reference was not timed for this case.
+        public let referenceSeconds: Double?
+
+        public var gflops: Double { benchCase.flops / seconds / 1e9 }
+        /// Packed bytes read per second.
+        public var gbps: Double { Double(benchCase.packedBytes) / seconds / 1e9 }
+        public var openBLASGFlops: Double { benchCase.flops / openBLASSeconds / 1e9 }
+        public var openBLASGBps: Double { Double(benchCase.fp32Bytes) / openBLASSeconds / 1e9 }
+        /// OpenBLAS time ÷ ours: above 1 means the packed kernel is faster.
+        public var ratioVsOpenBLAS: Double { openBLASSeconds / seconds }
+    }
+
+    /// What the numbers were measured on.
+    public struct Machine: Sendable {
+        public let cpu: String
+        public let logicalCPUs: Int
+        public let threads: Int
+        public let isa: String
+        public let openBLAS: String
+        public let lastLevelCacheBytes: Int
+        public let loadAverage: String
+    }
+
+    public let threads: Int
+    /// Seconds of timed runs to aim for per method and case (reps are clamped to 5...101).
+    public let targetSeconds: Double
+    public let machine: Machine
+    private let pool: ComputePool
+
+    public init(threads: Int, targetSeconds: Double = 0.6) {
+        self.threads = max(1, threads)
+        self.targetSeconds = targetSeconds
+        pool = ComputePool(threadCount: self.threads)
+        openblas_set_num_threads(Int32(self.threads))
+        machine = Machine(
+            cpu: Self.cpuName(), logicalCPUs: ProcessInfo.processInfo.activeProcessorCount, threads: self.threads,
+            isa: Self.isaName(qk_isa_active()), openBLAS: Self.openBLASName(),
+            lastLevelCacheBytes: Self.lastLevelCacheBytes(), loadAverage: Self.loadAverage())
+    }
+
+    /// The current 1/5/15-minute load averages, as /proc/loadavg prints them.
+    public static func loadAverage() -> String {
+        guard let s = try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8) else { return "unknown" }
+        return s.split(separator: " ").prefix(3).joined(separator: " ")
+    }
+
+    // MARK: - Memory bandwidth
+
+    /// Sustained read bandwidth (bytes/s, median of reps) over a buffer of
+    /// max(1 GiB, 8 × last-level cache), all threads reading their share.
+    public func memoryBandwidth(reps: Int = 7) -> Double {
+        let bytes = max(1 << 30, 8 * machine.lastLevelCacheBytes) / 4096 * 4096
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 4096)
+        defer { buffer.deallocate() }
+        memset(buffer, 1, bytes)
+        let chunks = UnsafeRawPointer(buffer).assumingMemoryBound(to: SIMD8<UInt64>.self)
+        let count = bytes / 64
+        var sink: UInt64 = 0
+        let sinkLock = NSLock()
+        var times: [Double] = []
+        for rep in 0..<(reps + 1) {
+            let start = DispatchTime.now().uptimeNanoseconds
+            pool.run(extent: count, grain: 1024, scratchFloats: 1) { range, _ in
+                let s = Self.sum(chunks + range.lowerBound, count: range.count)
+                sinkLock.lock()
+                sink &+= s
+                sinkLock.unlock()
+            }
+            if rep > 0 { times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9) }
+        }
+        precondition(sink != 0, "[KernelBenchmark] stream read was optimized away")
+        return Double(bytes) / Self.median(times)
+    }
+
+    private static func sum(_ p: UnsafePointer<SIMD8<UInt64>>, count: Int) -> UInt64 {
+        var a = SIMD8<UInt64>(), b = SIMD8<UInt64>()
+        var i = 0
+        while i + 1 < count {
+            a &+= p[i]
+            b &+= p[i + 1]
+            i += 2
+        }
+        if i < count { a &+= p[i] }
+        return (a &+ b).wrappedSum()
+    }
+
+    // MARK: - Products
+
+    /// Times every batch size and direction of one weight shape and spec.
+    /// The scalar reference is timed for batch sizes up to `referenceUpTo`.
+    public func measure(
+        spec: QuantSpec, outFeatures: Int, inFeatures: Int, batchSizes: [Int], directions: [Direction],
+        referenceUpTo: Int, progress: (Result) -> Void = { _ in }
+    ) throws -> [Result] {
+        let llc2 = 2 * machine.lastLevelCacheBytes
+        let probe = Case(spec: spec, outFeatures: outFeatures, inFeatures: inFeatures, n: 1, direction: .forward)
+        let packedCopies = min(8, max(1, (llc2 + probe.packedBytes - 1) / probe.packedBytes))
+        let denseCopies = min(8, max(1, (llc2 + probe.fp32Bytes - 1) / probe.fp32Bytes))
+        var rng = FastRandom(seed: 0x5eed)
+        let layers = try (0..<packedCopies).map { i in
+            try RandomPackedWeight(spec: spec, rows: outFeatures, cols: inFeatures, rng: &rng)
+                .layer(name: "bench\(i)", pool: pool)
+        }
+        let dense = (0..<denseCopies).map { _ in rng.floats(outFeatures * inFeatures, scale: 0.05) }
+        var results: [Result] = []
+        for n in batchSizes {
+            let x = rng.floats(n * max(inFeatures, outFeatures), scale: 1)
+            var out = [Float](repeating: 0, count: n * max(inFeatures, outFeatures))
+            for direction in directions {
+                let c = Case(spec: spec, outFeatures: outFeatures, inFeatures: inFeatures, n: n, direction: direction)
+                let result = x.withUnsafeBufferPointer { xb in
+                    out.withUnsafeMutableBufferPointer { ob in
+                        time(c, layers: layers, dense: dense, x: xb.baseAddress!, y: ob.baseAddress!,
+                             reference: n <= referenceUpTo)
+                    }
+                }
+                results.append(result)
+                progress(result)
+            }
+        }
+        return results
+    }
+
+    private func time(
+        _ c: Case, layers: [PackedLinear], dense: [[Float]], x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
+        reference: Bool
+    ) -> Result {
+        var copy = 0, denseCopy = 0
+        func ours() {
+            let layer = layers[copy % layers.count]
+            copy += 1
+            switch c.direction {
+            case .forward: layer.forward(x, rows: c.n, into: y)
+            case .backward: layer.backwardInput(x, rows: c.n, into: y, accumulate: false)
+            }
+        }
+        func blas() {
+            dense[denseCopy % dense.count].withUnsafeBufferPointer { w in
+                Self.openBLAS(c, w: w.baseAddress!, x: x, y: y)
+            }
+            denseCopy += 1
+        }
+        func scalar() {
+            let active = qk_isa_active()
+            qk_isa_set(QK_ISA_SCALAR)
+            ours()
+            qk_isa_set(active)
+        }
+        func seconds(_ body: () -> Void) -> Double {
+            let start = DispatchTime.now().uptimeNanoseconds
+            body()
+            return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        }
+        // Warm-up (page faults, thread start-up, OpenBLAS buffers), then one
+        // timed probe of each to size the reps.
+        for _ in 0..<max(layers.count, dense.count, 2) {
+            ours()
+            blas()
+        }
+        let probe = seconds(ours) + seconds(blas)
+        let reps = Self.oddClamp(Int(targetSeconds * 2 / max(probe, 1e-9)), 5, 101)
+        var refReps = 0
+        if reference {
+            let refProbe = seconds(scalar)
+            refReps = Self.oddClamp(Int(targetSeconds / max(refProbe, 1e-9)), 3, reps)
+        }
+        var tOurs: [Double] = [], tBLAS: [Double] = [], tRef: [Double] = []
+        for r in 0..<reps {
+            tOurs.append(seconds(ours))
+            tBLAS.append(seconds(blas))
+            if r < refReps { tRef.append(seconds(scalar)) }
+        }
+        return Result(
+            benchCase: c, seconds: Self.median(tOurs), openBLASSeconds: Self.median(tBLAS),
+            referenceSeconds: refReps > 0 ? Self.median(tRef) : nil)
+    }
+
+    /// The fp32 baseline: cblas_sgemv for one row, cblas_sgemm otherwise.
+    private static func openBLAS(_ c: Case, w: UnsafePointer<Float>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        let n = Int32(c.n), o = Int32(c.outFeatures), i = Int32(c.inFeatures)
+        switch (c.direction, c.n) {
+        case (.forward, 1): cblas_sgemv(CblasRowMajor, CblasNoTrans, o, i, 1, w, i, x, 1, 0, y, 1)
+        case (.backward, 1): cblas_sgemv(CblasRowMajor, CblasTrans, o, i, 1, w, i, x, 1, 0, y, 1)
+        case (.forward, _): cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, o, i, 1, x, i, w, i, 0, y, o)
+        case (.backward, _): cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, i, o, 1, x, o, w, i, 0, y, i)
+        }
+    }
+
+    // MARK: - Helpers
+
+    static func median(_ values: [Double]) -> Double {
+        let s = values.sorted()
+        return s.isEmpty ? .nan : s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+    }
+
+    private static func oddClamp(_ v: Int, _ lo: Int, _ hi: Int) -> Int {
+        let c = min(hi, max(lo, v))
+        return c % 2 == 1 ? c : c + 1 <= hi ? c + 1 : c - 1
+    }
+
+    private static func cpuName() -> String {
+        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown CPU" }
+        for line in info.split(separator: "\n") where line.hasPrefix("model name") {
+            if let colon = line.firstIndex(of: ":") {
+                return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            }
+        }
+        return "unknown CPU"
+    }
+
+    private static func isaName(_ isa: qk_isa) -> String {
+        switch isa {
+        case QK_ISA_AVX2: "AVX2+FMA"
+        case QK_ISA_NEON: "NEON"
+        default: "scalar"
+        }
+    }
+
+    private static func openBLASName() -> String {
+        let config = openblas_get_config().map { String(cString: $0) } ?? "OpenBLAS"
+        let core = openblas_get_corename().map { String(cString: $0) } ?? "?"
+        return "\(config.trimmingCharacters(in: .whitespaces)) (core \(core))"
+    }
+
+    private static func lastLevelCacheBytes() -> Int {
+        for index in (0...4).reversed() {
+            let path = "/sys/devices/system/cpu/cpu0/cache/index\(index)/size"
+            guard let s = try? String(contentsOfFile: path, encoding: .utf8) else { continue }
+            let t = s.trimmingCharacters(in: .whitespacesAndNewlines)
+            if t.hasSuffix("K"), let v = Int(t.dropLast()) { return v << 10 }
+            if t.hasSuffix("M"), let v = Int(t.dropLast()) { return v << 20 }
+            if let v = Int(t) { return v }
+        }
+        return 32 << 20
+    }
+}
+
+/// Packed weights with random codes and plausible scales: kernel speed does
+/// not depend on the values, and quantizing gigabytes of fp32 would dominate
+/// a benchmark run.
+public struct RandomPackedWeight {
+    let buffers: RandomBuffers
+    let view: qk_packed
+
+    final class RandomBuffers {
+        let bytes: UnsafeMutableRawBufferPointer
+        init(count: Int) { bytes = .allocate(byteCount: max(count, 64), alignment: 64) }
+        deinit { bytes.deallocate() }
+    }
+
+    public init(spec: QuantSpec, rows: Int, cols: Int, rng: inout FastRandom) {
+        let layout = PackedLayout(spec: spec, count: rows * cols)
+        let groups = spec.scaleKind == .dq8 ? (layout.blocks + QuantSpec.doubleQuantGroup - 1) / QuantSpec.doubleQuantGroup : 0
+        let scaleOffset = (layout.codeBytes + 63) / 64 * 64
+        let groupOffset = scaleOffset + (layout.scaleBytes + 63) / 64 * 64
+        buffers = RandomBuffers(count: groupOffset + groups * 4)
+        let base = buffers.bytes.baseAddress!
+        rng.fill(UnsafeMutableRawBufferPointer(start: base, count: layout.codeBytes))
+        let scales = rng.floats(layout.blocks, scale: 0.02).map { abs($0) + 0.01 }
+        switch spec.scaleKind {
+        case .f32: scales.withUnsafeBytes { (base + scaleOffset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        case .f16: qk_f32_to_f16((base + scaleOffset).assumingMemoryBound(to: UInt16.self), scales, Int64(layout.blocks))
+        case .dq8:
+            rng.fill(UnsafeMutableRawBufferPointer(start: base + scaleOffset, count: layout.blocks))
+            let g = (base + groupOffset).assumingMemoryBound(to: Float.self)
+            for i in 0..<groups { g[i] = 0.01 }
+        }
+        var v = qk_packed()
+        v.type = spec.type.code
+        v.block_size = Int32(spec.blockSize)
+        v.scale_kind = spec.scaleKind.code
+        v.rows = Int64(rows)
+        v.cols = Int64(cols)
+        v.codes = UnsafePointer(base.assumingMemoryBound(to: UInt8.self))
+        v.scales = UnsafeRawPointer(base + scaleOffset)
+        if groups > 0 { v.group_scales = UnsafePointer((base + groupOffset).assumingMemoryBound(to: Float.self)) }
+        v.offset = 0.03
+        view = v
+    }
+
+    /// A layer over these bytes (the layer keeps them alive).
+    public func layer(name: String, pool: ComputePool) throws -> PackedLinear {
+        try PackedLinear(view: view, owner: buffers, name: name, pool: pool)
+    }
+}
+
+/// xorshift64*: fast bulk random data for benchmarks (not for statistics).
+public struct FastRandom {
+    private var state: UInt64
+
+    public init(seed: UInt64) { state = seed | 1 }
+
+    public mutating func next() -> UInt64 {
+        state ^= state >> 12
+        state ^= state << 25
+        state ^= state >> 27
+        return state &* 0x2545_F491_4F6C_DD1D
+    }
+
+    public mutating func fill(_ buffer: UnsafeMutableRawBufferPointer) {
+        var i = 0
+        while i + 8 <= buffer.count {
+            buffer.storeBytes(of: next(), toByteOffset: i, as: UInt64.self)
+            i += 8
+        }
+        while i < buffer.count {
+            buffer[i] = UInt8(truncatingIfNeeded: next())
+            i += 1
+        }
+    }
+
+    /// Uniform in [-scale, scale).
+    public mutating func floats(_ count: Int, scale: Float) -> [Float] {
+        (0..<count).map { _ in (Float(next() >> 40) / Float(1 << 24) * 2 - 1) * scale }
+    }
+}
