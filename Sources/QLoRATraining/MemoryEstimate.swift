@@ -193,9 +193,9 @@ public struct MemoryLimitError: Error, LocalizedError, Hashable, Sendable {
         public var flag: String {
             switch self {
             case .batchSize: "--batch-size"
-            case .sequenceLength: "--max-seq-length"
+            case .sequenceLength: "--max-seq-len"
             case .gradientCheckpointing: "--grad-checkpoint"
-            case .loraRank: "--lora-rank"
+            case .loraRank: "--rank"
             }
         }
     }

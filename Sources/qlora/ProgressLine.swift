@@ -31,6 +31,24 @@ final class ProgressLine {
         drawn = true
     }
 
+    /// Redraws the line with `text` (cut to the terminal's width), at most ten
+    /// times a second unless `force`.
+    func show(_ text: String, force: Bool = false) {
+        guard enabled else { return }
+        let now = Date()
+        guard force || now.timeIntervalSince(lastDraw) >= 0.1 else { return }
+        lastDraw = now
+        let room = max(1, Self.columns() - 1)
+        write("\r\u{1B}[K" + (text.count > room ? String(text.prefix(room - 1)) + "…" : text))
+        drawn = true
+    }
+
+    /// Prints `line` on stdout above the progress line, which is drawn again on the next update.
+    func print(_ line: String) {
+        finish()
+        FileHandle.standardOutput.write(Data((line + "\n").utf8))
+    }
+
     /// Erases the line so what follows starts clean.
     func finish() {
         guard enabled, drawn else { return }
@@ -42,7 +60,7 @@ final class ProgressLine {
         FileHandle.standardError.write(Data(s.utf8))
     }
 
-    private static func clock(_ seconds: Double) -> String {
+    static func clock(_ seconds: Double) -> String {
         let s = Int(seconds.rounded())
         return s >= 3600 ? String(format: "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60) : String(format: "%d:%02d", s / 60, s % 60)
     }

@@ -96,7 +96,7 @@ import Testing
                 if fix.value != nil { #expect(larger.estimate().total > limit, "\(fix)") }
             }
             let message = error.localizedDescription
-            #expect(message.contains("--batch-size") && message.contains("--grad-checkpoint") && message.contains("--max-seq-length"))
+            #expect(message.contains("--batch-size") && message.contains("--grad-checkpoint") && message.contains("--max-seq-len"))
             #expect(message.contains("over the"))
         }
         try p.check(limit: total)
@@ -110,7 +110,7 @@ import Testing
             Issue.record("no refusal below the frozen weights")
         } catch let error as MemoryLimitError {
             #expect(error.fixes.isEmpty)
-            #expect(error.localizedDescription.contains("even with --batch-size 1 --grad-checkpoint --lora-rank 1"))
+            #expect(error.localizedDescription.contains("even with --batch-size 1 --grad-checkpoint --rank 1"))
         } catch {
             Issue.record("unexpected \(error)")
         }
