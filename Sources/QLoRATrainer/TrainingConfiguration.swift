@@ -158,8 +158,7 @@ public struct TrainingConfiguration: Codable, Hashable, Sendable {
         encoder.outputFormatting = .sortedKeys
         guard let x = try? JSONSerialization.jsonObject(with: encoder.encode(a)) as? [String: Any],
               let y = try? JSONSerialization.jsonObject(with: encoder.encode(b)) as? [String: Any] else { return ["(unreadable)"] }
-        return Set(x.keys).union(y.keys).sorted().filter { key in
-            !NSDictionary(dictionary: [key: x[key] ?? NSNull()]).isEqual(to: [key: y[key] ?? NSNull()])
-        }
+        func text(_ value: Any?) -> Data? { try? JSONSerialization.data(withJSONObject: [value ?? NSNull()], options: .sortedKeys) }
+        return Set(x.keys).union(y.keys).sorted().filter { text(x[$0]) != text(y[$0]) }
     }
 }
