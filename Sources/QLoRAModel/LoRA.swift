@@ -198,29 +198,38 @@ public final class LoRAAdapter: LinearAdapter {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n32, i, r, 1, du, r, a, i, 0, g, i)
         let keep = 1 / (1 - dropout)
         mask.withUnsafeBufferPointer { bits in
-            for e in 0..<(n * inFeatures) where bits[e >> 6] & (1 << UInt64(e & 63)) != 0 { dx[e] += g[e] * keep }
+            for w in 0..<bits.count {
+                let word = bits[w], base = w * 64
+                for j in 0..<min(64, n * inFeatures - base) { dx[base + j] += (word >> UInt64(j)) & 1 != 0 ? g[base + j] * keep : 0 }
+            }
         }
     }
 
     /// drop(x) [n, in] in the shared scratch, from a fresh mask (forward) or the latest one (backward).
     private func droppedInput(_ x: UnsafePointer<Float>, rows n: Int, drawingMask: Bool) -> UnsafeMutablePointer<Float> {
-        let count = n * inFeatures
+        let count = n * inFeatures, words = (count + 63) / 64
         if drawingMask, var generator = dropoutGenerator {
-            // Keep an element when a 32-bit uniform is at least p·2³²: two elements per draw.
+            // Keep an element when a 32-bit uniform is at least p·2³²: two elements per draw, 32 draws per word.
             let threshold = UInt64((Double(dropout) * 4_294_967_296).rounded(.up))
-            let words = (count + 63) / 64
-            if mask.count == words { mask.withUnsafeMutableBufferPointer { $0.update(repeating: 0) } } else { mask = [UInt64](repeating: 0, count: words) }
-            var e = 0
-            while e < count {
-                let word = generator.next()
-                if word & 0xFFFF_FFFF >= threshold { mask[e >> 6] |= 1 << UInt64(e & 63) }
-                if e + 1 < count, word >> 32 >= threshold { mask[(e + 1) >> 6] |= 1 << UInt64((e + 1) & 63) }
-                e += 2
+            if mask.count != words { mask = [UInt64](repeating: 0, count: words) }
+            mask.withUnsafeMutableBufferPointer { bits in
+                for w in 0..<words {
+                    var word: UInt64 = 0
+                    for j in stride(from: 0, to: 64, by: 2) {
+                        let draw = generator.next()
+                        if draw & 0xFFFF_FFFF >= threshold { word |= 1 << UInt64(j) }
+                        if draw >> 32 >= threshold { word |= 2 << UInt64(j) }
+                    }
+                    bits[w] = word
+                }
             }
         }
         let out = scratch.buffer(count: count), keep = 1 / (1 - dropout)
         mask.withUnsafeBufferPointer { bits in
-            for e in 0..<count { out[e] = bits[e >> 6] & (1 << UInt64(e & 63)) != 0 ? x[e] * keep : 0 }
+            for w in 0..<words {
+                let word = bits[w], base = w * 64
+                for j in 0..<min(64, count - base) { out[base + j] = (word >> UInt64(j)) & 1 != 0 ? x[base + j] * keep : 0 }
+            }
         }
         return out
     }

@@ -44,11 +44,18 @@ struct TrainCommand: ParsableCommand {
     func run() throws {
         let loaded = try LoadedModel(contentsOf: URL(fileURLWithPath: model))
         let tokenizer = try loaded.tokenizer()
-        let template = loaded.format == .huggingFace ? try? ChatTemplate.fromModel(directory: loaded.url) : nil
-        let trainer = try Trainer(model: loaded.model, tokenizer: tokenizer, dataset: URL(fileURLWithPath: data),
+        // The model's own chat template matters only for chat data: its error waits until then.
+        let template = Result { try Self.chatTemplate(of: loaded) }
+        let trainer: Trainer
+        do {
+            trainer = try Trainer(model: loaded.model, tokenizer: tokenizer, dataset: URL(fileURLWithPath: data),
                                   output: URL(fileURLWithPath: output), configuration: try settings.configuration(),
-                                  chatTemplate: template, baseModelName: loaded.url.lastPathComponent,
+                                  chatTemplate: try? template.get(), baseModelName: loaded.url.lastPathComponent,
                                   memoryLimit: maxMemory.flatMap(MemorySize.parse))
+        } catch let error as ChatTemplateError {
+            if case .missing = error { _ = try template.get() } // the model's template is there but unusable: say why
+            throw error
+        }
         let reporter = TrainingReporter()
         reporter.describe(trainer, model: loaded)
         let summary = try reporter.run(trainer, resume: resume)
@@ -56,7 +63,19 @@ struct TrainCommand: ParsableCommand {
     }
 }
 
-/// The training settings shared by `train` (and shown by `demo`).
+extension TrainCommand {
+    /// The chat template a model folder or a packed file's embedded files carry, if any.
+    static func chatTemplate(of loaded: LoadedModel) throws -> ChatTemplate? {
+        guard let checkpoint = loaded.checkpoint else { return try ChatTemplate.fromModel(directory: loaded.url) }
+        var files: [String: Data] = [:]
+        for file in checkpoint.files where ChatTemplate.modelFileNames.contains(file.name) {
+            files[file.name] = try checkpoint.embeddedFile(file.name)
+        }
+        return try ChatTemplate.fromModel(files: files, source: loaded.url)
+    }
+}
+
+/// The training settings of `train`.
 struct TrainingOptions: ParsableArguments {
     @Option(help: "LoRA rank r.")
     var rank = 8
@@ -133,6 +152,9 @@ struct TrainingOptions: ParsableArguments {
     @Flag(name: .customLong("loss-on-prompt"), help: "Train on prompts and user turns too, not only on completions and assistant turns.")
     var lossOnPrompt = false
 
+    @Flag(name: .customLong("no-eos"), help: "Do not append the tokenizer's end-of-sequence token to texts and completions.")
+    var noEOS = false
+
     /// The settings as the library takes them.
     /// - Throws: `ValidationError` for a malformed or out-of-range option.
     func configuration() throws -> TrainingConfiguration {
@@ -153,7 +175,7 @@ struct TrainingOptions: ParsableArguments {
                                      layers: try layers.map(Self.parseLayers), initialization: initialization)
         let configuration = TrainingConfiguration(
             lora: lora, maxSequenceLength: maxSeqLen, batchSize: batchSize, gradientAccumulation: gradAccum,
-            batching: packing ? .packed : .padded, lossOnPrompt: lossOnPrompt, chatTemplate: chatTemplate,
+            batching: packing ? .packed : .padded, lossOnPrompt: lossOnPrompt, appendEOS: !noEOS, chatTemplate: chatTemplate,
             learningRate: learningRate, schedule: schedule, warmupSteps: warmup, weightDecay: weightDecay,
             maxGradientNorm: maxGradNorm > 0 ? maxGradNorm : nil,
             duration: steps.map { .steps($0) } ?? .epochs(epochs ?? 1), seed: seed, gradientCheckpointing: gradCheckpoint,

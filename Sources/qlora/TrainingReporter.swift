@@ -7,6 +7,8 @@ import QLoRAKit
 final class TrainingReporter {
     /// Everything goes through it, so lines and the progress line never interleave.
     let line = ProgressLine()
+    /// Put before every printed line (the demo nests the run under its own headings).
+    var indent = ""
     private var firstStep = 0
     private var secondsSoFar = 0.0
 
@@ -14,21 +16,21 @@ final class TrainingReporter {
     func describe(_ trainer: Trainer, model loaded: LoadedModel) {
         let c = trainer.configuration, m = loaded.model.configuration
         let base = loaded.format == .packed
-            ? "packed checkpoint, base " + (Self.packedSpec(loaded.model) ?? "packed") + " (QLoRA)"
-            : "Hugging Face folder, fp32 base (LoRA)"
-        line.print("model: \(loaded.url.path) (\(base)); \(m.hiddenLayers) layers, hidden \(m.hiddenSize), vocabulary \(m.vocabularySize)")
-        line.print("train: \(trainer.data.files.train.path): \(trainer.data.train.statistics)")
+            ? "packed checkpoint, \(Self.packedSpec(loaded.model) ?? "packed") base: QLoRA"
+            : "Hugging Face folder, fp32 base: LoRA"
+        emit("model: \(loaded.url.path) (\(base)); \(m.hiddenLayers) layers, hidden \(m.hiddenSize), vocabulary \(m.vocabularySize)")
+        emit("train: \(trainer.data.files.train.path): \(trainer.data.train.statistics)")
         if let valid = trainer.data.valid, let url = trainer.data.files.valid {
-            line.print("valid: \(url.path): \(valid.statistics)")
+            emit("valid: \(url.path): \(valid.statistics)")
         }
         let lora = c.lora
-        line.print("adapters: LoRA r=\(lora.rank), alpha \(lora.alpha)\(lora.useRSLoRA ? " (rsLoRA)" : ""), dropout \(lora.dropout), "
+        emit("adapters: LoRA r=\(lora.rank), alpha \(lora.alpha)\(lora.useRSLoRA ? " (rsLoRA)" : ""), dropout \(lora.dropout), "
               + "on \(lora.targetModules.joined(separator: ","))" + (lora.layers.map { " in layers \($0.map(String.init).joined(separator: ","))" } ?? ""))
         let batching = c.batching == .packed ? "packed rows of \(c.maxSequenceLength) tokens" : "padded, at most \(c.maxSequenceLength) tokens"
-        line.print("steps: \(trainer.totalSteps) of batch \(c.batchSize) × \(c.gradientAccumulation) (\(batching)); "
+        emit("steps: \(trainer.totalSteps) of batch \(c.batchSize) × \(c.gradientAccumulation) (\(batching)); "
               + "learning rate \(c.learningRate), \(c.schedule) schedule, \(c.warmupSteps) warm-up steps"
               + (c.gradientCheckpointing ? "; gradient checkpointing" : ""))
-        line.print("memory estimate: \(trainer.memoryEstimate)")
+        emit("memory estimate: \(trainer.memoryEstimate)")
     }
 
     /// Runs the trainer, drawing progress and printing evaluations and checkpoints.
@@ -38,16 +40,16 @@ final class TrainingReporter {
             switch event {
             case let .started(first, total):
                 firstStep = first
-                if first > 0 { line.print("resuming after step \(first) of \(total)") }
+                if first > 0 { emit("resuming after step \(first) of \(total)") }
             case let .stepFinished(report):
                 secondsSoFar += report.seconds
                 line.show(progress(report))
             case let .evaluated(step, loss):
-                line.print(step == 0 || step == firstStep && firstStep > 0
+                emit(step == 0 || step == firstStep && firstStep > 0
                            ? String(format: "validation loss before step %d: %.4f", step + 1, loss)
                            : String(format: "step %d: validation loss %.4f", step, loss))
             case let .checkpointSaved(_, url):
-                line.print("saved \(url.path)")
+                emit("saved \(url.path)")
             }
         }
     }
@@ -57,17 +59,19 @@ final class TrainingReporter {
         let range = s.firstStep + 1 <= s.step ? "steps \(s.firstStep + 1)–\(s.step)" : "no steps"
         var text = String(format: "trained %@ of %d in %.1f s (%.0f tokens/s)", range, s.totalSteps, s.trainingSeconds, s.tokensPerSecond)
         if let loss = s.trainLoss { text += String(format: "; last training loss %.4f", loss) }
-        line.print(text)
+        emit(text)
         if let before = s.initialValidLoss, let after = s.finalValidLoss {
-            line.print(String(format: "validation loss: %.4f → %.4f", before, after))
+            emit(String(format: "validation loss: %.4f → %.4f", before, after))
         }
-        if let peak = s.peakResidentBytes { line.print("peak resident memory: \(Format.bytes(peak))") }
+        if let peak = s.peakResidentBytes { emit("peak resident memory: \(Format.bytes(peak))") }
         if let adapter = s.adapterDirectory {
-            line.print("adapter: \(adapter.appendingPathComponent("adapter_model.safetensors").path) (+ adapter_config.json)")
+            emit("adapter: \(adapter.appendingPathComponent("adapter_model.safetensors").path) (+ adapter_config.json)")
         }
-        line.print("metrics: \(s.metrics.path)" + (s.lossChart.map { "; loss curve: \($0.path)" } ?? ""))
-        if let checkpoint = s.lastCheckpoint { line.print("last checkpoint: \(checkpoint.path)") }
+        emit("metrics: \(s.metrics.path)" + (s.lossChart.map { "; loss curve: \($0.path)" } ?? ""))
+        if let checkpoint = s.lastCheckpoint { emit("last checkpoint: \(checkpoint.path)") }
     }
+
+    private func emit(_ text: String) { line.print(indent + text) }
 
     private func progress(_ r: StepReport) -> String {
         let done = r.step - firstStep, left = r.totalSteps - r.step
