@@ -199,7 +199,7 @@ def quality(args):
     subprocess.run([args.qlora, "quantize", data, "--output", packed, "--type", "nf4", "--block-size", "64",
                     "--double-quant"], check=True, capture_output=True)
     settings = ["--data", data, "--steps", str(args.steps), "--batch-size", "8", "--rank", "8", "--alpha", "16",
-                "--learning-rate", "3e-3", "--schedule", "cosine", "--warmup", "10", "--eval-every", str(args.steps),
+                "--learning-rate", "5e-4", "--schedule", "cosine", "--warmup", "10", "--eval-every", str(args.steps),
                 "--max-seq-len", "512", "--seed", "42", "--no-eos"]
     results = {}
     for label, model in [("QLoRA (NF4/64/DQ base)", packed), ("LoRA (fp32 base)", data)]:
@@ -225,7 +225,7 @@ def main():
     ap.add_argument("--python", default=sys.executable, help="a Python with torch, transformers, peft, bitsandbytes")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "qlora-train-comparison"))
     ap.add_argument("--data", default="Sources/QLoRAKit/Resources/stories260K", help="quality: model folder with train/valid.jsonl")
-    ap.add_argument("--steps", type=int, default=250, help="quality: optimizer steps")
+    ap.add_argument("--steps", type=int, default=200, help="quality: optimizer steps")
     ap.add_argument("--repeat", type=int, default=3, help="speed: clean runs per case")
     ap.add_argument("--only", nargs="*", help="speed: cases whose label contains one of these")
     ap.add_argument("--quant", help=argparse.SUPPRESS)

@@ -289,9 +289,12 @@ private final class Workspace {
         rows = n
     }
 
+    /// Forward borrows the MLP input gradient buffer as its [N, F] scratch:
+    /// nothing else uses it until a layer's backward, which recomputes what it held.
     func context(batch b: Int, length t: Int) -> BatchContext {
         BatchContext(batch: b, length: t, mask: hasMask ? UnsafePointer(mask) : nil,
                      sequences: hasSequences ? UnsafePointer(sequences) : nil,
-                     cos: cos.pointer, sin: sin.pointer, attentionScratch: attentionScratch.pointer)
+                     cos: cos.pointer, sin: sin.pointer, attentionScratch: attentionScratch.pointer,
+                     mlpScratch: gradients.up.pointer)
     }
 }
