@@ -283,7 +283,7 @@ public final class Trainer {
 
     /// The memory plan of a run: the model's actual base bytes, the configured adapters
     /// and batches of `sequenceLength` tokens.
-    static func memoryPlan(model: LlamaModel, configuration c: TrainingConfiguration, sequenceLength: Int) -> TrainingMemoryPlan {
+    public static func memoryPlan(model: LlamaModel, configuration c: TrainingConfiguration, sequenceLength: Int) -> TrainingMemoryPlan {
         let baseBytes = model.layers.flatMap(\.projections).reduce(0) { total, p in
             total + ((p.base as? PackedLinear)?.packedBytes ?? 4 * p.inFeatures * p.outFeatures)
         }

@@ -50,8 +50,11 @@ struct BenchTrainCommand: ParsableCommand {
         let loaded = try LoadedModel(contentsOf: URL(fileURLWithPath: model))
         let llama = loaded.model
         let afterLoad = QLoRAKit.ResidentMemory.now()
+        let lora = LoRAConfiguration(rank: rank, alpha: Float(2 * rank))
+        let estimate = Trainer.memoryPlan(model: llama, configuration: TrainingConfiguration(
+            lora: lora, batchSize: batch, gradientCheckpointing: gradCheckpoint), sequenceLength: length).estimate()
         var random = Xoshiro256(seed: 0)
-        try llama.attachLoRA(LoRAConfiguration(rank: rank, alpha: Float(2 * rank)), using: &random)
+        try llama.attachLoRA(lora, using: &random)
         llama.gradientCheckpointing = gradCheckpoint
         let optimizer = try AdapterOptimizer(model: llama, schedule: .constant, peakLearningRate: 1e-4, weightDecay: 0.01,
                                              maxGradientNorm: nil)
@@ -82,6 +85,7 @@ struct BenchTrainCommand: ParsableCommand {
             "trainable_parameters": optimizer.parameters.count, "step_seconds": times, "median_step_seconds": median,
             "tokens_per_second": Double(n) / median, "losses": losses,
             "rss_after_load_bytes": afterLoad?.current ?? NSNull(), "peak_rss_bytes": memory?.peak ?? NSNull(),
+            "memory_estimate_bytes": estimate.total,
             "threads": ProcessInfo.processInfo.activeProcessorCount,
             "load_average": (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first.map(String.init) ?? NSNull(),
         ]
@@ -89,9 +93,9 @@ struct BenchTrainCommand: ParsableCommand {
             FileHandle.standardOutput.write(try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys]))
             print()
         } else {
-            print(String(format: "%@ base, batch %d × %d, LoRA r=%d (%d parameters): median step %.3f s, %.0f tokens/s, peak RSS %@",
+            print(String(format: "%@ base, batch %d × %d, LoRA r=%d (%d parameters): median step %.3f s, %.0f tokens/s, peak RSS %@ (estimate %@)",
                          TrainingReporter.packedSpec(llama) ?? "fp32", batch, length, rank, optimizer.parameters.count, median,
-                         Double(n) / median, memory.map { Format.bytes($0.peak) } ?? "unknown"))
+                         Double(n) / median, memory.map { Format.bytes($0.peak) } ?? "unknown", Format.bytes(estimate.total)))
         }
     }
 }

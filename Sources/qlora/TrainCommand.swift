@@ -28,7 +28,7 @@ struct TrainCommand: ParsableCommand {
 
     @OptionGroup var settings: TrainingOptions
 
-    @Option(name: .customLong("max-memory"), help: "Refuse to start when the memory estimate exceeds this (e.g. 2G, 512M, 1.5GiB).")
+    @Option(name: .customLong("max-memory"), help: "Refuse to start when the memory estimate exceeds this (e.g. 2G, 512M, 1.5GiB). The estimate covers the model and training buffers; the process itself adds a few tens of MB.")
     var maxMemory: String?
 
     @Flag(help: "Continue from the newest checkpoint in OUTPUT, with the same settings.")
