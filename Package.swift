@@ -31,12 +31,16 @@ let package = Package(
         .target(name: "QLoRAPlot"),
         // Hugging Face tokenizer.json (byte-level and SentencePiece-style BPE), pure Swift.
         .target(name: "QLoRATokenizer"),
-        // Llama layers with hand-written forward and backward, adapters attached to the frozen linears.
-        .target(name: "QLoRAModel", dependencies: ["QLoRAStorage", "QLoRACompute", "COpenBLAS"]),
+        // Llama layers with hand-written forward and backward, adapters attached to the frozen linears
+        // (QLoRATraining for the seeded generator behind LoRA dropout).
+        .target(name: "QLoRAModel", dependencies: ["QLoRAStorage", "QLoRACompute", "QLoRATraining", "COpenBLAS"]),
+        // The training loop: model, tokenizer, data, optimizer, checkpoints and metrics wired together.
+        .target(name: "QLoRATrainer", dependencies: ["QLoRAModel", "QLoRATraining", "QLoRATokenizer", "QLoRAPlot"]),
         // The public face: re-exports the modules above and carries the embedded default model.
         .target(
             name: "QLoRAKit",
-            dependencies: ["QLoRAStorage", "QLoRACompute", "QLoRATokenizer", "QLoRAModel", "QLoRATraining", "QLoRAPlot"],
+            dependencies: ["QLoRAStorage", "QLoRACompute", "QLoRATokenizer", "QLoRAModel", "QLoRATraining", "QLoRAPlot",
+                           "QLoRATrainer"],
             resources: [.copy("Resources/stories260K")]
         ),
         .executableTarget(
@@ -55,5 +59,7 @@ let package = Package(
             name: "QLoRAComputeTests", dependencies: ["QLoRACompute", "CQLoRAKernels", "COpenBLAS", "_TestSupport"]),
         .testTarget(name: "QLoRATrainingTests", dependencies: ["QLoRATraining", "_TestSupport"]),
         .testTarget(name: "QLoRAPlotTests", dependencies: ["QLoRAPlot", "_TestSupport"]),
+        // Depends on QLoRAKit for the embedded stories260K model and its fine-tuning set.
+        .testTarget(name: "QLoRATrainerTests", dependencies: ["QLoRAKit", "_TestSupport"]),
     ]
 )

@@ -5,6 +5,7 @@ import Foundation
 @_exported import QLoRAModel
 @_exported import QLoRATraining
 @_exported import QLoRAPlot
+@_exported import QLoRATrainer
 
 /// The model that ships inside the package: Andrej Karpathy's stories260K
 /// (MIT licence, llama2.c), converted to Hugging Face format. Its folder also

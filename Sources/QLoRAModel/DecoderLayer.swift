@@ -7,9 +7,12 @@ struct BatchContext {
     let batch: Int                      // B
     let length: Int                     // T
     let mask: UnsafePointer<UInt8>?     // [B, T], nil when nothing is padded
+    let sequences: UnsafePointer<Int32>? // [B, T], nil when no row packs several sequences
     let cos: UnsafePointer<Float>       // [N, hd/2]
     let sin: UnsafePointer<Float>       // [N, hd/2]
     let attentionScratch: UnsafeMutablePointer<Float>
+    /// [N, F]: silu(gate)·up for down_proj, shared by the layers (backward recomputes it).
+    let mlpScratch: UnsafeMutablePointer<Float>
     var rows: Int { batch * length }
 }
 
@@ -39,10 +42,9 @@ public final class DecoderLayerCache {
     public let mlpRstd: FloatBuffer
     /// [N, F]: gate_proj output.
     public let gate: FloatBuffer
-    /// [N, F]: up_proj output.
+    /// [N, F]: up_proj output. (silu(gate)·up, the input of down_proj, is not
+    /// kept: backward recomputes it, an elementwise pass, saving N·F floats per layer.)
     public let up: FloatBuffer
-    /// [N, F]: silu(gate)·up, the input of down_proj.
-    public let activation: FloatBuffer
 
     init(rows n: Int, hidden c: Int, queryWidth q: Int, kvWidth kv: Int, heads: Int, intermediate f: Int) {
         attentionInput = FloatBuffer(count: n * c)
@@ -57,7 +59,6 @@ public final class DecoderLayerCache {
         mlpRstd = FloatBuffer(count: n)
         gate = FloatBuffer(count: n * f)
         up = FloatBuffer(count: n * f)
-        activation = FloatBuffer(count: n * f)
     }
 }
 
@@ -70,7 +71,7 @@ final class LayerGradients {
     let value: FloatBuffer      // [N, KV·hd]
     let attention: FloatBuffer  // [N, H·hd]
     let gate: FloatBuffer       // [N, F]   ∂loss/∂activation first, then ∂loss/∂gate in place
-    let up: FloatBuffer         // [N, F]
+    let up: FloatBuffer         // [N, F]   the recomputed activation first, then ∂loss/∂up
 
     init(rows n: Int, hidden c: Int, queryWidth q: Int, kvWidth kv: Int, intermediate f: Int) {
         norm = FloatBuffer(count: n * c)
@@ -132,7 +133,7 @@ public final class DecoderLayer {
         rope.forward(cache.query.pointer, rows: n, heads: attention.heads, cos: context.cos, sin: context.sin)
         rope.forward(cache.key.pointer, rows: n, heads: attention.kvHeads, cos: context.cos, sin: context.sin)
         attention.forward(q: cache.query.pointer, k: cache.key.pointer, v: cache.value.pointer,
-                          mask: context.mask, batch: context.batch, length: context.length,
+                          mask: context.mask, sequenceIDs: context.sequences, batch: context.batch, length: context.length,
                           into: cache.attention.pointer, lse: cache.logSumExp.pointer,
                           scratch: context.attentionScratch)
         outputProjection.forward(cache.attention.pointer, rows: n, into: cache.middle.pointer)
@@ -142,8 +143,8 @@ public final class DecoderLayer {
         gateProjection.forward(cache.mlpInput.pointer, rows: n, into: cache.gate.pointer)
         upProjection.forward(cache.mlpInput.pointer, rows: n, into: cache.up.pointer)
         SwiGLU.forward(gate: cache.gate.pointer, up: cache.up.pointer, count: n * gateProjection.outFeatures,
-                       into: cache.activation.pointer)
-        downProjection.forward(cache.activation.pointer, rows: n, into: y)
+                       into: context.mlpScratch)
+        downProjection.forward(context.mlpScratch, rows: n, into: y)
         cblas_saxpy(Int32(n * c), 1, cache.middle.pointer, 1, y, 1)
     }
 
@@ -154,7 +155,8 @@ public final class DecoderLayer {
                   gradients g: LayerGradients, context: BatchContext) {
         let n = context.rows
         // MLP block: ∂loss/∂m = ∂loss/∂y + the path through down, SwiGLU, gate/up and the norm.
-        downProjection.backward(residual, input: cache.activation.pointer, rows: n, into: g.gate.pointer, accumulate: false)
+        SwiGLU.forward(gate: cache.gate.pointer, up: cache.up.pointer, count: n * gateProjection.outFeatures, into: g.up.pointer)
+        downProjection.backward(residual, input: g.up.pointer, rows: n, into: g.gate.pointer, accumulate: false)
         SwiGLU.backward(g.gate.pointer, gate: cache.gate.pointer, up: cache.up.pointer, count: n * gateProjection.outFeatures,
                         gateGradient: g.gate.pointer, upGradient: g.up.pointer)
         gateProjection.backward(g.gate.pointer, input: cache.mlpInput.pointer, rows: n, into: g.norm.pointer, accumulate: false)
@@ -164,7 +166,8 @@ public final class DecoderLayer {
         // Attention block: ∂loss/∂x = ∂loss/∂m + the path through o_proj, attention, RoPE, q/k/v and the norm.
         outputProjection.backward(residual, input: cache.attention.pointer, rows: n, into: g.attention.pointer, accumulate: false)
         attention.backward(g.attention.pointer, q: cache.query.pointer, k: cache.key.pointer, v: cache.value.pointer,
-                           lse: cache.logSumExp.pointer, mask: context.mask, batch: context.batch, length: context.length,
+                           lse: cache.logSumExp.pointer, mask: context.mask, sequenceIDs: context.sequences,
+                           batch: context.batch, length: context.length,
                            dq: g.query.pointer, dk: g.key.pointer, dv: g.value.pointer, scratch: context.attentionScratch)
         rope.backward(g.query.pointer, rows: n, heads: attention.heads, cos: context.cos, sin: context.sin)
         rope.backward(g.key.pointer, rows: n, heads: attention.kvHeads, cos: context.cos, sin: context.sin)

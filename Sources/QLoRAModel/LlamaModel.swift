@@ -77,7 +77,7 @@ public final class LlamaModel {
         let b = batch.batchSize, t = batch.length, n = b * t
         let ws = prepareWorkspace(batch: b, length: t)
         ws.load(batch)
-        let context = ws.context(batch: b, length: t, hasMask: batch.attentionMask != nil)
+        let context = ws.context(batch: b, length: t)
         rope.tables(positions: ws.positions, count: n, cos: ws.cos.pointer, sin: ws.sin.pointer)
         embedding.forward(ws.tokens, count: n, into: ws.residual[0].pointer)
         for (l, layer) in layers.enumerated() {
@@ -104,7 +104,7 @@ public final class LlamaModel {
         guard let state = pending, state.hasTargets, let ws = workspace else { throw ModelError.noForwardPass }
         pending = nil
         let n = state.batch * state.length, last = layers.count - 1
-        let context = ws.context(batch: state.batch, length: state.length, hasMask: ws.hasMask)
+        let context = ws.context(batch: state.batch, length: state.length)
         let lossScale = scale ?? (state.counted > 0 ? 1 / Float(state.counted) : 0)
         CrossEntropy.backward(logits: ws.logits.pointer, targets: ws.targets, lse: ws.logitLSE.pointer,
                               rows: n, classes: vocabularySize, scale: lossScale)
@@ -181,7 +181,26 @@ public final class LlamaModel {
         if let i = batch.positions.firstIndex(where: { $0 < 0 }) {
             throw ModelError.invalidBatch(reason: "position \(batch.positions[i]) at index \(i) is negative")
         }
+        if let ids = batch.sequenceIDs {
+            guard ids.count == n else {
+                throw ModelError.invalidBatch(reason: "sequenceIDs has \(ids.count) values, expected \(batch.batchSize)×\(batch.length)")
+            }
+            // Attention finds where a sequence starts by walking back over equal ids.
+            for row in 0..<batch.batchSize {
+                var seen = Set<Int32>()
+                for t in 0..<batch.length {
+                    let i = row * batch.length + t
+                    if (t == 0 || ids[i] != ids[i - 1]) && !seen.insert(ids[i]).inserted {
+                        throw ModelError.invalidBatch(reason: "sequence \(ids[i]) of row \(row) is not contiguous (it resumes at position \(t))")
+                    }
+                }
+            }
+        }
     }
+
+    /// Sizes the buffers for batches up to b × t now, so growing batches
+    /// (generation, padded training batches) do not reallocate as they come.
+    public func reserve(batch b: Int, length t: Int) { _ = prepareWorkspace(batch: b, length: t) }
 
     private func prepareWorkspace(batch b: Int, length t: Int) -> Workspace {
         if let ws = workspace, ws.fits(batch: b, length: t) { return ws }
@@ -217,7 +236,9 @@ private final class Workspace {
     let positions: UnsafeMutablePointer<Int32>  // [N]
     let targets: UnsafeMutablePointer<Int32>    // [N]
     let mask: UnsafeMutablePointer<UInt8>       // [N]
+    let sequences: UnsafeMutablePointer<Int32>  // [N]
     private(set) var hasMask = false
+    private(set) var hasSequences = false
     /// Rows of the batch loaded last.
     private(set) var rows: Int?
 
@@ -244,6 +265,7 @@ private final class Workspace {
         positions = .allocate(capacity: n)
         targets = .allocate(capacity: n)
         mask = .allocate(capacity: n)
+        sequences = .allocate(capacity: n)
     }
 
     deinit {
@@ -251,6 +273,7 @@ private final class Workspace {
         positions.deallocate()
         targets.deallocate()
         mask.deallocate()
+        sequences.deallocate()
     }
 
     func fits(batch b: Int, length t: Int) -> Bool { b * t <= rowCapacity && t <= lengthCapacity }
@@ -264,11 +287,17 @@ private final class Workspace {
         if let t = batch.targets { targets.update(from: t, count: n) }
         hasMask = batch.attentionMask != nil
         if let m = batch.attentionMask { mask.update(from: m, count: n) }
+        hasSequences = batch.sequenceIDs != nil
+        if let s = batch.sequenceIDs { sequences.update(from: s, count: n) }
         rows = n
     }
 
-    func context(batch b: Int, length t: Int, hasMask: Bool) -> BatchContext {
+    /// Forward borrows the MLP input gradient buffer as its [N, F] scratch:
+    /// nothing else uses it until a layer's backward, which recomputes what it held.
+    func context(batch b: Int, length t: Int) -> BatchContext {
         BatchContext(batch: b, length: t, mask: hasMask ? UnsafePointer(mask) : nil,
-                     cos: cos.pointer, sin: sin.pointer, attentionScratch: attentionScratch.pointer)
+                     sequences: hasSequences ? UnsafePointer(sequences) : nil,
+                     cos: cos.pointer, sin: sin.pointer, attentionScratch: attentionScratch.pointer,
+                     mlpScratch: gradients.up.pointer)
     }
 }

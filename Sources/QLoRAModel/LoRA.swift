@@ -1,9 +1,18 @@
 import COpenBLAS
 import Foundation
 import QLoRACompute
+import QLoRATraining
 
 /// Which linears get a LoRA adapter and how it is scaled, in PEFT's terms.
-public struct LoRAConfiguration: Sendable, Equatable {
+public struct LoRAConfiguration: Sendable, Hashable, Codable {
+    /// How A is initialized (B always starts at zero, so training starts from the base model).
+    public enum Initialization: String, Sendable, Hashable, Codable, CaseIterable {
+        /// PEFT's default (init_lora_weights=True): A ~ U(±1/√in), kaiming-uniform with a = √5.
+        case peft
+        /// PEFT's init_lora_weights="gaussian": A ~ N(0, 1/r²).
+        case gaussian
+    }
+
     /// r, the inner dimension of B·A.
     public var rank: Int
     /// lora_alpha.
@@ -13,23 +22,44 @@ public struct LoRAConfiguration: Sendable, Equatable {
     public var targetModules: [String]
     /// rsLoRA scales by alpha/√r instead of alpha/r.
     public var useRSLoRA: Bool
+    /// lora_dropout: probability of zeroing each input element of the
+    /// adapter path during training (the base path sees x unchanged).
+    public var dropout: Float
+    /// PEFT's layers_to_transform: only these decoder layers get adapters; nil = all.
+    public var layers: [Int]?
+    public var initialization: Initialization
 
     public init(rank: Int = 8, alpha: Float = 16,
-                targetModules: [String] = LoRAConfiguration.allLlamaProjections, useRSLoRA: Bool = false) {
+                targetModules: [String] = LoRAConfiguration.allLlamaProjections, useRSLoRA: Bool = false,
+                dropout: Float = 0, layers: [Int]? = nil, initialization: Initialization = .peft) {
         self.rank = rank
         self.alpha = alpha
         self.targetModules = targetModules
         self.useRSLoRA = useRSLoRA
+        self.dropout = dropout
+        self.layers = layers
+        self.initialization = initialization
     }
 
+    /// PEFT's "all-linear" for a Llama: every projection of every block (not lm_head).
     public static let allLlamaProjections = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
     /// s in h = W0·x + s·B·(A·x).
     public var scaling: Float { useRSLoRA ? alpha / Float(rank).squareRoot() : alpha / Float(rank) }
 
-    /// Whether a module (full name) is targeted.
+    /// Whether a module (full name) is targeted: its last component is one of
+    /// `targetModules` and, with `layers`, it sits in one of those blocks.
     public func targets(_ moduleName: String) -> Bool {
-        targetModules.contains { moduleName == $0 || moduleName.hasSuffix("." + $0) }
+        guard targetModules.contains(where: { moduleName == $0 || moduleName.hasSuffix("." + $0) }) else { return false }
+        guard let layers else { return true }
+        return Self.layerIndex(of: moduleName).map(layers.contains) ?? false
+    }
+
+    /// N for a module under "model.layers.N.".
+    static func layerIndex(of moduleName: String) -> Int? {
+        let parts = moduleName.split(separator: ".")
+        guard let i = parts.firstIndex(of: "layers"), i + 1 < parts.count else { return nil }
+        return Int(parts[i + 1])
     }
 
     /// Names of a module's two tensors in `TrainableParameters` and in PEFT
@@ -39,11 +69,21 @@ public struct LoRAConfiguration: Sendable, Equatable {
     }
 }
 
-/// LoRA (Hu et al. 2021) on a frozen linear: y = W0·x + s·B·(A·x), with
-/// A [r, in] and B [out, r] trained and W0 untouched (dense or packed).
+/// LoRA (Hu et al. 2021) on a frozen linear: y = W0·x + s·B·(A·drop(x)),
+/// with A [r, in] and B [out, r] trained and W0 untouched (dense or packed).
 ///
-/// Cache for backward: u = x·Aᵀ [n, r] from the latest forward; x itself is
-/// the decoder layer's cached input of the projection.
+/// drop is PEFT's lora_dropout: while `dropoutGenerator` is set, each input
+/// element of the adapter path is zeroed with probability `dropout` and the
+/// others scaled by 1/(1 − p); otherwise (evaluation) it is the identity.
+/// The mask is drawn from a copy of the generator, so every forward with the
+/// same generator — including the one gradient checkpointing reruns before
+/// backward — draws the same mask; the trainer sets a new generator for
+/// each micro-batch.
+///
+/// Cache for backward: u = drop(x)·Aᵀ [n, r] and the dropout mask (one bit
+/// per input element) from the latest forward; x itself is the decoder
+/// layer's cached input of the projection. drop(x) is rebuilt in backward in
+/// a scratch buffer shared by all adapters of a model.
 public final class LoRAAdapter: LinearAdapter {
     public let rank: Int
     public let inFeatures: Int
@@ -57,19 +97,31 @@ public final class LoRAAdapter: LinearAdapter {
     public let gradientB: UnsafeMutablePointer<Float>
     /// Owns the storage the views point into.
     public let parameters: TrainableParameters
+    /// lora_dropout probability p in [0, 1).
+    public let dropout: Float
+    /// Draws the dropout mask of the next forward passes; nil = no dropout.
+    public var dropoutGenerator: Xoshiro256?
 
     private var hidden = FloatBuffer(count: 0)         // u [n, r]
     private var hiddenGradient = FloatBuffer(count: 0) // du [n, r]
+    private var mask: [UInt64] = []                    // [n·in] bits, 1 = kept
+    private var masked = false                         // whether the latest forward dropped
+    private let scratch: LoRAScratch
 
     /// Binds to tensors `a` [r, in] and `b` [out, r] of `parameters`.
-    public init(parameters: TrainableParameters, a: TrainableParameters.Entry, b: TrainableParameters.Entry, scaling: Float) {
+    /// - Parameter scratch: room for drop(x) [n, in], shared by the adapters of one model.
+    public init(parameters: TrainableParameters, a: TrainableParameters.Entry, b: TrainableParameters.Entry, scaling: Float,
+                dropout: Float = 0, scratch: LoRAScratch = LoRAScratch()) {
         precondition(a.shape.count == 2 && b.shape.count == 2 && a.shape[0] == b.shape[1],
                      "[LoRAAdapter] A \(a.shape) and B \(b.shape) do not form B·A")
+        precondition((0..<1).contains(dropout), "[LoRAAdapter] dropout \(dropout) is outside [0, 1)")
         rank = a.shape[0]
         inFeatures = a.shape[1]
         outFeatures = b.shape[0]
         self.scaling = scaling
         self.parameters = parameters
+        self.dropout = dropout
+        self.scratch = scratch
         self.a = parameters.values.pointer + a.offset
         self.b = parameters.values.pointer + b.offset
         gradientA = parameters.gradients.pointer + a.offset
@@ -79,8 +131,29 @@ public final class LoRAAdapter: LinearAdapter {
     /// PEFT's initialization: A ~ U(−1/√in, 1/√in) (kaiming-uniform with
     /// a = √5) and B = 0, so training starts from the base model's output.
     public func initialize<G: RandomNumberGenerator>(using generator: inout G) {
-        let bound = 1 / Float(inFeatures).squareRoot()
-        for i in 0..<(rank * inFeatures) { a[i] = Float.random(in: -bound...bound, using: &generator) }
+        initialize(.peft, using: &generator)
+    }
+
+    /// B = 0 and A as `initialization` says.
+    public func initialize<G: RandomNumberGenerator>(_ initialization: LoRAConfiguration.Initialization, using generator: inout G) {
+        let count = rank * inFeatures
+        switch initialization {
+        case .peft:
+            let bound = 1 / Float(inFeatures).squareRoot()
+            for i in 0..<count { a[i] = Float.random(in: -bound...bound, using: &generator) }
+        case .gaussian:
+            // Box–Muller, two normals per pair of uniforms; std 1/r as PEFT.
+            let std = 1 / Float(rank)
+            var i = 0
+            while i < count {
+                let u1 = Float.random(in: Float.leastNormalMagnitude..<1, using: &generator)
+                let u2 = Float.random(in: 0..<1, using: &generator)
+                let radius = (-2 * Foundation.log(u1)).squareRoot() * std, angle = 2 * Float.pi * u2
+                a[i] = radius * Foundation.cos(angle)
+                if i + 1 < count { a[i + 1] = radius * Foundation.sin(angle) }
+                i += 2
+            }
+        }
         b.update(repeating: 0, count: outFeatures * rank)
     }
 
@@ -91,9 +164,11 @@ public final class LoRAAdapter: LinearAdapter {
             hidden = FloatBuffer(count: n * rank)
             hiddenGradient = FloatBuffer(count: n * rank)
         }
+        masked = dropout > 0 && dropoutGenerator != nil
+        let input = masked ? UnsafePointer(droppedInput(x, rows: n, drawingMask: true)) : x
         let r = Int32(rank), i = Int32(inFeatures), o = Int32(outFeatures), n32 = Int32(n)
-        // u [n, r] = x [n, in] · Aᵀ
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n32, r, i, 1, x, i, a, i, 0, hidden.pointer, r)
+        // u [n, r] = drop(x) [n, in] · Aᵀ
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n32, r, i, 1, input, i, a, i, 0, hidden.pointer, r)
         // y [n, out] += s · u · Bᵀ
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n32, o, r, scaling, hidden.pointer, r, b, r, 1, y, o)
     }
@@ -108,9 +183,68 @@ public final class LoRAAdapter: LinearAdapter {
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, o, r, n32, scaling, dy, o, u, r, 1, gradientB, r)
         // du [n, r] = s · dy · B
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n32, r, o, scaling, dy, o, b, r, 0, du, r)
-        // dA [r, in] += duᵀ · x
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, i, n32, 1, du, r, x, i, 1, gradientA, i)
-        // dx [n, in] += du · A
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n32, i, r, 1, du, r, a, i, 1, dx, i)
+        guard masked else {
+            // dA [r, in] += duᵀ · x
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, i, n32, 1, du, r, x, i, 1, gradientA, i)
+            // dx [n, in] += du · A
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n32, i, r, 1, du, r, a, i, 1, dx, i)
+            return
+        }
+        // dA [r, in] += duᵀ · drop(x)
+        let dropped = droppedInput(x, rows: n, drawingMask: false)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, i, n32, 1, du, r, dropped, i, 1, gradientA, i)
+        // dx [n, in] += drop'(du · A): the same mask and 1/(1 − p) on the way back
+        let g = scratch.buffer(count: n * inFeatures)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n32, i, r, 1, du, r, a, i, 0, g, i)
+        let keep = 1 / (1 - dropout)
+        mask.withUnsafeBufferPointer { bits in
+            for w in 0..<bits.count {
+                let word = bits[w], base = w * 64
+                for j in 0..<min(64, n * inFeatures - base) { dx[base + j] += (word >> UInt64(j)) & 1 != 0 ? g[base + j] * keep : 0 }
+            }
+        }
+    }
+
+    /// drop(x) [n, in] in the shared scratch, from a fresh mask (forward) or the latest one (backward).
+    private func droppedInput(_ x: UnsafePointer<Float>, rows n: Int, drawingMask: Bool) -> UnsafeMutablePointer<Float> {
+        let count = n * inFeatures, words = (count + 63) / 64
+        if drawingMask, var generator = dropoutGenerator {
+            // Keep an element when a 32-bit uniform is at least p·2³²: two elements per draw, 32 draws per word.
+            let threshold = UInt64((Double(dropout) * 4_294_967_296).rounded(.up))
+            if mask.count != words { mask = [UInt64](repeating: 0, count: words) }
+            mask.withUnsafeMutableBufferPointer { bits in
+                for w in 0..<words {
+                    var word: UInt64 = 0
+                    for j in stride(from: 0, to: 64, by: 2) {
+                        let draw = generator.next()
+                        if draw & 0xFFFF_FFFF >= threshold { word |= 1 << UInt64(j) }
+                        if draw >> 32 >= threshold { word |= 2 << UInt64(j) }
+                    }
+                    bits[w] = word
+                }
+            }
+        }
+        let out = scratch.buffer(count: count), keep = 1 / (1 - dropout)
+        mask.withUnsafeBufferPointer { bits in
+            for w in 0..<words {
+                let word = bits[w], base = w * 64
+                for j in 0..<min(64, count - base) { out[base + j] = (word >> UInt64(j)) & 1 != 0 ? x[base + j] * keep : 0 }
+            }
+        }
+        return out
+    }
+}
+
+/// Scratch memory the LoRA adapters of one model share (they run one at a
+/// time): drop(x) in forward and backward, then the masked input gradient.
+public final class LoRAScratch {
+    private var storage = FloatBuffer(count: 0)
+
+    public init() {}
+
+    /// At least `count` floats, valid until the next call.
+    func buffer(count: Int) -> UnsafeMutablePointer<Float> {
+        if storage.count < count { storage = FloatBuffer(count: count) }
+        return storage.pointer
     }
 }

@@ -99,6 +99,9 @@ public struct PEFTAdapter: @unchecked Sendable {
             throw fail("\(key) is not supported")
         }
         let useRSLoRA = object["use_rslora"] as? Bool ?? false
+        let dropout = (object["lora_dropout"] as? NSNumber)?.floatValue ?? 0
+        guard (0..<1).contains(dropout) else { throw fail("lora_dropout \(dropout) is outside [0, 1)") }
+        let layers = (object["layers_to_transform"] as? Int).map { [$0] } ?? object["layers_to_transform"] as? [Int]
         switch object["target_modules"] {
         case let names as [String]: declaredTargets = .names(names)
         case "all-linear" as String: declaredTargets = .allLinear
@@ -132,7 +135,7 @@ public struct PEFTAdapter: @unchecked Sendable {
         self.modules = modules
         configuration = LoRAConfiguration(rank: rank, alpha: alpha,
                                           targetModules: Array(Set(modules.map { String($0.split(separator: ".").last!) })).sorted(),
-                                          useRSLoRA: useRSLoRA)
+                                          useRSLoRA: useRSLoRA, dropout: dropout, layers: layers)
         for module in modules where selects(module, isOutputLayer: module == "lm_head") == false {
             throw ModelError.invalidAdapter(configURL, reason: "the weights cover module \"\(module)\", which target_modules does not select")
         }

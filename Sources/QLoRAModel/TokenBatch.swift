@@ -11,6 +11,12 @@ public struct TokenBatch: Sendable, Equatable {
     public var attentionMask: [UInt8]?
     /// RoPE positions [B, T].
     public var positions: [Int32]
+    /// [B, T]: which sequence of its row each token belongs to, for rows that
+    /// pack several sequences end to end (each sequence's tokens contiguous,
+    /// 0 = padding). A token attends only to earlier tokens with its own id,
+    /// so each sequence is computed as if it were alone (give positions that
+    /// restart at 0 with each sequence). nil = one sequence per row.
+    public var sequenceIDs: [Int32]?
     /// [B, T]: the id that the logits at (b, t) should predict; negative
     /// (−100) = not counted in the loss. nil = forward only, no loss.
     public var targets: [Int32]?
@@ -18,13 +24,14 @@ public struct TokenBatch: Sendable, Equatable {
     /// A batch from its arrays; positions default to 0..<T in every row.
     /// The model checks sizes and ranges when it runs the batch.
     public init(tokens: [Int32], batchSize: Int, length: Int, attentionMask: [UInt8]? = nil,
-                positions: [Int32]? = nil, targets: [Int32]? = nil) {
+                positions: [Int32]? = nil, targets: [Int32]? = nil, sequenceIDs: [Int32]? = nil) {
         self.tokens = tokens
         self.batchSize = batchSize
         self.length = length
         self.attentionMask = attentionMask
         self.positions = positions ?? (0..<batchSize).flatMap { _ in (0..<Int32(length)).map { $0 } }
         self.targets = targets
+        self.sequenceIDs = sequenceIDs
     }
 
     public enum Padding: Sendable { case right, left }

@@ -53,6 +53,20 @@ public struct TrainingBatch: Hashable, Sendable {
     /// Examples in the batch.
     public let exampleCount: Int
 
+    /// A batch from its arrays (a loader builds them; tests and benchmarks may too).
+    public init(rows: Int, columns: Int, inputIDs: [Int32], targets: [Int32], positionIDs: [Int32], sequenceIDs: [Int32],
+                exampleCount: Int) {
+        precondition([inputIDs.count, targets.count, positionIDs.count, sequenceIDs.count].allSatisfy { $0 == rows * columns },
+                     "[TrainingBatch] every array must hold rows × columns = \(rows * columns) values")
+        self.rows = rows
+        self.columns = columns
+        self.inputIDs = inputIDs
+        self.targets = targets
+        self.positionIDs = positionIDs
+        self.sequenceIDs = sequenceIDs
+        self.exampleCount = exampleCount
+    }
+
     /// 1 for real tokens, 0 for padding (Hugging Face's attention_mask).
     public var attentionMask: [UInt8] { sequenceIDs.map { $0 == 0 ? 0 : 1 } }
     /// Positions with a loss.

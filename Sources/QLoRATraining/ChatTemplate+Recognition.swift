@@ -40,11 +40,23 @@ extension ChatTemplate {
     /// - Throws: `ChatTemplateError` when it has one this engine cannot render, or the
     ///   JSON is malformed; `FileError` when a file cannot be read.
     public static func fromModel(directory: URL) throws -> ChatTemplate? {
+        var files: [String: Data] = [:]
         for name in modelFileNames {
             let url = directory.appendingPathComponent(name)
             guard FileManager.default.fileExists(atPath: url.path) else { continue }
             let file = try MappedFile(url: url)
-            let data = withExtendedLifetime(file) { Data(file.bytes) }
+            files[name] = withExtendedLifetime(file) { Data(file.bytes) }
+        }
+        return try fromModel(files: files, source: directory)
+    }
+
+    /// `fromModel(directory:)` over files already read (a packed checkpoint embeds
+    /// them): `files` maps names from `modelFileNames` to contents; errors name
+    /// them as if they were in the folder `source`.
+    public static func fromModel(files: [String: Data], source: URL) throws -> ChatTemplate? {
+        for name in modelFileNames {
+            guard let data = files[name] else { continue }
+            let url = source.appendingPathComponent(name)
             if name.hasSuffix(".jinja") {
                 guard let text = String(data: data, encoding: .utf8) else { throw ChatTemplateError.malformedConfig(url, "is not UTF-8") }
                 return try ChatTemplate(recognizing: text, source: url)

@@ -1,31 +1,37 @@
 // How much memory a training run will need, worked out before it starts.
 //
-// Notation: B batch size, T sequence length, L layers, H hidden size, Hq = heads·headDim,
-// Hkv = kvHeads·headDim, I intermediate size, V vocabulary, nh heads, r LoRA rank;
-// every activation, gradient and trainable value is fp32 (4 bytes).
+// Notation: B batch size, T sequence length, N = B·T tokens, L layers, H hidden size,
+// Hq = heads·headDim, Hkv = kvHeads·headDim, hd headDim, I intermediate size, V vocabulary,
+// nh heads, r LoRA rank; every activation, gradient and trainable value is fp32 (4 bytes).
+// The terms are the buffers QLoRAModel's hand-written forward and backward allocate:
 //
 //   base weights        the seven projections of every block: packed bytes (PackedLayout
 //                       of each tensor's flattened weight) or 4 bytes per weight
 //   embeddings, norms   4·(V·H · (1, or 2 when lm_head is untied) + (2L + 1)·H + biases)
 //   adapter             4 · 4P: weights, gradients and AdamW's m and v, where
 //                       P = L · Σ over targets of r·(in + out)
-//   one layer's saved   4·B·(T·a + nh·T²), where per token
-//   activations           a = 6H + 2 + 2Hq + 2Hkv + 3I + nh + Σ_targets (r + in·[dropout])
-//                       (block input, two norm outputs and their 1/rms, q, k, v, the
-//                       attention output, the mid-block residual, gate, up and their
-//                       product, per-head softmax statistics, each adapter's A·x and
-//                       dropped input) and nh·T² the attention probabilities
-//   activations         L · one layer; with gradient checkpointing only each block's
-//                       input is kept (L·4·B·T·H) plus one layer's activations while it
-//                       is recomputed during backward
-//   logits              4·B·T·(H + 1 + 2V): final norm output and 1/rms, logits and their gradient
-//   scratch             the gradients flowing through the layer in backward (one layer's
-//                       activations again) and two residual-stream gradients, 2·4·B·T·H
+//   one layer           4·N·(H + c + d): the block's input (the residual stream), its cache
+//                         c = 3H + 2 + 2Hq + 2Hkv + nh + 2I
+//                       (two norm outputs and their 1/rms, q and k after RoPE, v, the
+//                       attention output, the mid-block residual, gate and up, one
+//                       log-sum-exp per head: attention recomputes its probabilities in
+//                       backward and silu(gate)·up is recomputed too), and its adapters'
+//                         d = Σ_targets (2r + in/32·[dropout])
+//                       (A·x and its gradient, and one mask bit per dropped input)
+//   activations         L · one layer + 4·N·H (the final residual); with gradient
+//                       checkpointing the caches c exist once, for the layer being
+//                       recomputed: L·4·N·(H + d) + 4·N·c + 4·N·H
+//   logits              4·N·(H + 2 + V): final norm output and 1/rms, the logits (their
+//                       gradient overwrites them) and their log-sum-exp
+//   scratch             4·N·(2H + 2Hq + 2Hkv + 2I + hd): the gradients flowing through a
+//                       layer, the residual gradient and the RoPE tables; attention's
+//                       2·min(T, 64)·T floats per thread; 16·N bytes of ids, positions,
+//                       targets and mask; with dropout, drop(x) for the widest adapter, 4·N·max(in)
 //
-// This describes a straightforward implementation (no fused attention, no chunked
-// loss); it is meant to be a little pessimistic, not exact. With a limit, `check`
-// refuses a run that does not fit and says which single change — batch size,
-// sequence length, gradient checkpointing or LoRA rank — brings it under, and to what.
+// It leaves out the process itself (runtime, libraries, OpenBLAS's buffers: tens of MB)
+// and allocator slack. With a limit, `check` refuses a run that does not fit and says
+// which single change — batch size, sequence length, gradient checkpointing or LoRA
+// rank — brings it under, and to what.
 
 import Foundation
 import QLoRAStorage
@@ -47,12 +53,15 @@ public struct TrainingMemoryPlan: Hashable, Sendable {
     public var loraRank: Int
     /// Projections that get an adapter (linear weight kinds).
     public var loraTargets: [LlamaTensor.Kind]
-    /// Whether LoRA dropout is on (each adapter then keeps its dropped input).
+    /// Whether LoRA dropout is on (each adapter then keeps a mask bit per input element).
     public var loraDropout: Bool
     public var gradientCheckpointing: Bool
+    /// Threads the attention runs on (each has its own scratch).
+    public var threads: Int
 
     public init(configuration: LlamaConfiguration, base: BaseWeights, batchSize: Int, sequenceLength: Int, loraRank: Int,
-                loraTargets: [LlamaTensor.Kind], loraDropout: Bool = false, gradientCheckpointing: Bool = false) {
+                loraTargets: [LlamaTensor.Kind], loraDropout: Bool = false, gradientCheckpointing: Bool = false,
+                threads: Int = ProcessInfo.processInfo.activeProcessorCount) {
         self.configuration = configuration
         self.base = base
         self.batchSize = batchSize
@@ -61,6 +70,7 @@ public struct TrainingMemoryPlan: Hashable, Sendable {
         self.loraTargets = loraTargets
         self.loraDropout = loraDropout
         self.gradientCheckpointing = gradientCheckpointing
+        self.threads = max(1, threads)
     }
 
     /// The estimate for these settings (see the file comment for the formula).
@@ -88,12 +98,15 @@ public struct TrainingMemoryPlan: Hashable, Sendable {
         let adapterParameters = layers * targets.reduce(0) { $0 + r * ($1.in + $1.out) }
         let adapter = 4 * 4 * adapterParameters
 
-        let perToken = 6 * h + 2 + 2 * hq + 2 * hkv + 3 * inter + heads
-            + targets.reduce(0) { $0 + r + (loraDropout ? $1.in : 0) }
-        let layer = 4 * b * (t * perToken + heads * t * t)
-        let activations = gradientCheckpointing ? layers * 4 * b * t * h + layer : layers * layer
-        let logits = 4 * b * t * (h + 1 + 2 * v)
-        let scratch = layer + 2 * 4 * b * t * h
+        let n = b * t
+        let cache = 3 * h + 2 + 2 * hq + 2 * hkv + heads + 2 * inter
+        let adapters = targets.reduce(0) { $0 + 2 * r + (loraDropout ? $1.in / 32 : 0) }
+        let layer = 4 * n * (h + cache + adapters)
+        let activations = (gradientCheckpointing ? layers * 4 * n * (h + adapters) + 4 * n * cache : layers * layer) + 4 * n * h
+        let logits = 4 * n * (h + 2 + v)
+        let headDimension = Double(c.headDimensions), widest = targets.map(\.in).max() ?? 0
+        let scratch = 4 * n * (2 * h + 2 * hq + 2 * hkv + 2 * inter + headDimension)
+            + 4 * Double(threads) * 2 * min(t, 64) * t + 16 * n + (loraDropout ? 4 * n * widest : 0)
 
         return MemoryEstimate(baseWeights: Self.bytes(base), embeddingsAndNorms: Self.bytes(embeddings),
                               activations: Self.bytes(activations), logits: Self.bytes(logits),
@@ -193,9 +206,9 @@ public struct MemoryLimitError: Error, LocalizedError, Hashable, Sendable {
         public var flag: String {
             switch self {
             case .batchSize: "--batch-size"
-            case .sequenceLength: "--max-seq-length"
+            case .sequenceLength: "--max-seq-len"
             case .gradientCheckpointing: "--grad-checkpoint"
-            case .loraRank: "--lora-rank"
+            case .loraRank: "--rank"
             }
         }
     }

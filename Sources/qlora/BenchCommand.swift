@@ -7,7 +7,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure the engine on this machine.",
-        subcommands: [BenchKernels.self, BenchGenerateCommand.self, BenchAccuracyCommand.self]
+        subcommands: [BenchKernels.self, BenchGenerateCommand.self, BenchTrainCommand.self, BenchAccuracyCommand.self]
     )
 }
 

@@ -218,11 +218,16 @@ private func expectClose(_ analytic: [Float], _ numeric: [Float], _ what: String
         #expect(gradient[classes..<(2 * classes)].allSatisfy { $0 == 0 }) // the ignored row
     }
 
-    @Test mutating func loraAdapter() {
+    /// With dropout the mask comes from the generator, the same in every
+    /// forward, so the differences see the function backward differentiates.
+    @Test(arguments: [0, 0.4] as [Float])
+    mutating func loraAdapter(dropout: Float) {
         let n = 3, inFeatures = 5, outFeatures = 4, rank = 2
         let base = DenseLinear(weight: random.gaussian(count: outFeatures * inFeatures), outFeatures: outFeatures, inFeatures: inFeatures)
         let parameters = TrainableParameters(tensors: [("a", [rank, inFeatures]), ("b", [outFeatures, rank])])
-        let adapter = LoRAAdapter(parameters: parameters, a: parameters.entries[0], b: parameters.entries[1], scaling: 1.5)
+        let adapter = LoRAAdapter(parameters: parameters, a: parameters.entries[0], b: parameters.entries[1], scaling: 1.5,
+                                  dropout: dropout)
+        adapter.dropoutGenerator = Xoshiro256(seed: 3)
         let a = random.gaussian(count: rank * inFeatures), b = random.gaussian(count: outFeatures * rank)
         let x = random.gaussian(count: n * inFeatures), probe = random.gaussian(count: n * outFeatures)
         func loss(a: [Float], b: [Float], x: [Float]) -> Double {

@@ -3,9 +3,10 @@ import Foundation
 
 /// Causal grouped-query attention over projected, rotated q, k and v:
 /// query head h reads kv head h / (H/KV) (transformers' repeat_kv), scores are
-/// q·kᵀ·hd^-½ with keys after the query, marked as padding or (Mistral's
-/// sliding window) `window` or more tokens back masked out, the softmax runs
-/// in fp32, and the heads' outputs are concatenated in head order.
+/// q·kᵀ·hd^-½ with keys after the query, marked as padding, of another
+/// sequence packed into the same row, or (Mistral's sliding window) `window`
+/// or more tokens back masked out, the softmax runs in fp32, and the heads'
+/// outputs are concatenated in head order.
 ///
 /// Queries go in blocks of `queryBlock` rows, each against only the keys it
 /// can see (causality and the window bound them), so the work is about half
@@ -47,9 +48,17 @@ public struct GroupedQueryAttention: Sendable {
 
     private func scratchPerChunk(length t: Int) -> Int { 2 * min(t, Self.queryBlock) * t }
 
-    /// The keys [start, end) that queries [q0, q1) can see.
-    private func keys(forQueries q0: Int, _ q1: Int) -> Range<Int> {
-        (window.map { max(0, q0 - $0 + 1) } ?? 0)..<q1
+    /// The keys [start, end) that queries [q0, q1) can see: none before the
+    /// window of q0 or before the start of q0's sequence (`sequences` is the
+    /// row's ids; sequences are contiguous and in order).
+    private func keys(forQueries q0: Int, _ q1: Int, sequences: UnsafePointer<Int32>?) -> Range<Int> {
+        var start = window.map { max(0, q0 - $0 + 1) } ?? 0
+        if let sequences {
+            var first = q0
+            while first > start && sequences[first - 1] == sequences[q0] { first -= 1 }
+            start = first
+        }
+        return start..<q1
     }
 
     /// - Parameters:
@@ -57,11 +66,13 @@ public struct GroupedQueryAttention: Sendable {
     ///   - k: [B·T, KV·hd] rotated keys
     ///   - v: [B·T, KV·hd]
     ///   - mask: [B, T], nonzero = real token, 0 = padding; nil when nothing is padded
+    ///   - sequenceIDs: [B, T], the packed sequence of each token (see `TokenBatch.sequenceIDs`);
+    ///     a query sees only keys of its own sequence. nil = one sequence per row.
     ///   - out: [B·T, H·hd] output, heads concatenated
     ///   - lse: [B, H, T] output, cached for backward
     ///   - scratch: `scratchCount(batch:length:)` floats
     public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                        mask: UnsafePointer<UInt8>?, batch: Int, length t: Int,
+                        mask: UnsafePointer<UInt8>?, sequenceIDs: UnsafePointer<Int32>? = nil, batch: Int, length t: Int,
                         into out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                         scratch: UnsafeMutablePointer<Float>) {
         let hd = headDimension, qw = queryWidth, kw = kvWidth, group = heads / kvHeads
@@ -71,11 +82,13 @@ public struct GroupedQueryAttention: Sendable {
                 let b = item / heads, h = item % heads, g = h / group
                 let qh = q + b * t * qw + h * hd, kg = k + b * t * kw + g * hd, vg = v + b * t * kw + g * hd
                 let rowLSE = lse + (b * heads + h) * t, rowMask = mask.map { $0 + b * t }
+                let rowSequences = sequenceIDs.map { $0 + b * t }
                 for q0 in stride(from: 0, to: t, by: Self.queryBlock) {
-                    let q1 = min(t, q0 + Self.queryBlock), keys = keys(forQueries: q0, q1)
+                    let q1 = min(t, q0 + Self.queryBlock), keys = keys(forQueries: q0, q1, sequences: rowSequences)
                     scores(qh, kg, queries: q0..<q1, keys: keys, into: p)
                     for i in q0..<q1 {
-                        rowLSE[i] = softmaxRow(p + (i - q0) * keys.count, query: i, keys: keys, mask: rowMask)
+                        rowLSE[i] = softmaxRow(p + (i - q0) * keys.count, query: i, keys: keys, mask: rowMask,
+                                               sequences: rowSequences)
                     }
                     // out_h[q0..<q1] [rows, hd] = P [rows, keys] · v_g[keys] [keys, hd]
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(q1 - q0), Int32(hd), Int32(keys.count),
@@ -96,7 +109,8 @@ public struct GroupedQueryAttention: Sendable {
     ///   - dq: [B·T, H·hd]; dk, dv: [B·T, KV·hd]
     public func backward(_ dout: UnsafePointer<Float>,
                          q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                         lse: UnsafePointer<Float>, mask: UnsafePointer<UInt8>?, batch: Int, length t: Int,
+                         lse: UnsafePointer<Float>, mask: UnsafePointer<UInt8>?, sequenceIDs: UnsafePointer<Int32>? = nil,
+                         batch: Int, length t: Int,
                          dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
                          scratch: UnsafeMutablePointer<Float>) {
         let hd = headDimension, qw = queryWidth, kw = kvWidth, group = heads / kvHeads
@@ -108,7 +122,7 @@ public struct GroupedQueryAttention: Sendable {
                 let b = item / kvHeads, g = item % kvHeads
                 let kg = k + b * t * kw + g * hd, vg = v + b * t * kw + g * hd
                 let dkg = dk + b * t * kw + g * hd, dvg = dv + b * t * kw + g * hd
-                let rowMask = mask.map { $0 + b * t }
+                let rowMask = mask.map { $0 + b * t }, rowSequences = sequenceIDs.map { $0 + b * t }
                 for row in 0..<t {
                     (dkg + row * kw).update(repeating: 0, count: hd)
                     (dvg + row * kw).update(repeating: 0, count: hd)
@@ -117,11 +131,12 @@ public struct GroupedQueryAttention: Sendable {
                     let qh = q + b * t * qw + h * hd, doh = dout + b * t * qw + h * hd, dqh = dq + b * t * qw + h * hd
                     let rowLSE = lse + (b * heads + h) * t
                     for q0 in stride(from: 0, to: t, by: Self.queryBlock) {
-                        let q1 = min(t, q0 + Self.queryBlock), keys = keys(forQueries: q0, q1)
+                        let q1 = min(t, q0 + Self.queryBlock), keys = keys(forQueries: q0, q1, sequences: rowSequences)
                         let rows = Int32(q1 - q0), cols = Int32(keys.count), k0 = keys.lowerBound
                         scores(qh, kg, queries: q0..<q1, keys: keys, into: p)
                         for i in q0..<q1 {
-                            probabilitiesRow(p + (i - q0) * keys.count, query: i, keys: keys, lse: rowLSE[i], mask: rowMask)
+                            probabilitiesRow(p + (i - q0) * keys.count, query: i, keys: keys, lse: rowLSE[i], mask: rowMask,
+                                             sequences: rowSequences)
                         }
                         // dP [rows, keys] = dout_h[q0..<q1] · v_g[keys]ᵀ
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, hd32,
@@ -151,15 +166,16 @@ public struct GroupedQueryAttention: Sendable {
     /// Recomputes the attention probabilities of one (sequence, head) from the
     /// forward cache, as backward does: probabilities [T, T], zero where masked.
     public func probabilities(q: UnsafePointer<Float>, k: UnsafePointer<Float>, lse: UnsafePointer<Float>,
-                              mask: UnsafePointer<UInt8>?, sequence b: Int, head h: Int, length t: Int,
-                              into p: UnsafeMutablePointer<Float>) {
+                              mask: UnsafePointer<UInt8>?, sequenceIDs: UnsafePointer<Int32>? = nil,
+                              sequence b: Int, head h: Int, length t: Int, into p: UnsafeMutablePointer<Float>) {
         let g = h / (heads / kvHeads)
         // One block of all queries against all keys: the row functions zero what a query cannot see.
         scores(q + b * t * queryWidth + h * headDimension, k + b * t * kvWidth + g * headDimension,
                queries: 0..<t, keys: 0..<t, into: p)
         let rowLSE = lse + (b * heads + h) * t
         for i in 0..<t {
-            probabilitiesRow(p + i * t, query: i, keys: 0..<t, lse: rowLSE[i], mask: mask.map { $0 + b * t })
+            probabilitiesRow(p + i * t, query: i, keys: 0..<t, lse: rowLSE[i], mask: mask.map { $0 + b * t },
+                             sequences: sequenceIDs.map { $0 + b * t })
         }
     }
 
@@ -177,8 +193,8 @@ public struct GroupedQueryAttention: Sendable {
     /// keys it sees; the others become 0. Returns the row's log-sum-exp. A
     /// row with no visible key (a left-padding query) becomes all zeros.
     func softmaxRow(_ s: UnsafeMutablePointer<Float>, query i: Int, keys: Range<Int>,
-                            mask: UnsafePointer<UInt8>?) -> Float {
-        maskRow(s, query: i, keys: keys, mask: mask)
+                    mask: UnsafePointer<UInt8>?, sequences: UnsafePointer<Int32>? = nil) -> Float {
+        maskRow(s, query: i, keys: keys, mask: mask, sequences: sequences)
         let n = keys.count
         var m = -Float.infinity
         for j in 0..<n { m = max(m, s[j]) }
@@ -199,18 +215,23 @@ public struct GroupedQueryAttention: Sendable {
 
     /// Probabilities of query i's scores from its log-sum-exp; 0 where it cannot see.
     private func probabilitiesRow(_ s: UnsafeMutablePointer<Float>, query i: Int, keys: Range<Int>, lse: Float,
-                                  mask: UnsafePointer<UInt8>?) {
-        maskRow(s, query: i, keys: keys, mask: mask)
+                                  mask: UnsafePointer<UInt8>?, sequences: UnsafePointer<Int32>?) {
+        maskRow(s, query: i, keys: keys, mask: mask, sequences: sequences)
         for j in 0..<keys.count { s[j] = Foundation.exp(s[j] - lse) }
     }
 
     /// Sets the scores of keys query i cannot see to −∞: after it, padding,
-    /// and `window` or more tokens back.
-    private func maskRow(_ s: UnsafeMutablePointer<Float>, query i: Int, keys: Range<Int>, mask: UnsafePointer<UInt8>?) {
+    /// another sequence, and `window` or more tokens back.
+    private func maskRow(_ s: UnsafeMutablePointer<Float>, query i: Int, keys: Range<Int>, mask: UnsafePointer<UInt8>?,
+                         sequences: UnsafePointer<Int32>?) {
         let k0 = keys.lowerBound
         for j in max(i + 1, k0)..<max(i + 1, keys.upperBound) { s[j - k0] = -.infinity }
         if let mask {
             for j in k0..<min(i + 1, keys.upperBound) where mask[j] == 0 { s[j - k0] = -.infinity }
+        }
+        if let sequences {
+            let own = sequences[i]
+            for j in k0..<min(i + 1, keys.upperBound) where sequences[j] != own { s[j - k0] = -.infinity }
         }
         if let window, i - window + 1 > k0 {
             for j in k0..<(i - window + 1) { s[j - k0] = -.infinity }

@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""QLoRAKit training next to transformers + PEFT + bitsandbytes, on this machine.
+
+Not part of the Swift package: the Python side is installed outside the project
+(see README.md next to this file). Two measurements:
+
+  speed    the ~31M-parameter Llama (hidden 512, intermediate 1376, 8 layers, 8 heads over
+           4 kv heads, vocabulary 8000, random weights, seed 0), batch 4 x 256 random tokens,
+           LoRA r=16 alpha 32 on every projection, AdamW lr 1e-4: the median step of 5 after
+           2 warm-ups and the process's peak RSS (/usr/bin/time -v), for
+             qlora bench train over the NF4/64/double-quant packed file (QLoRA),
+             qlora bench train over the fp32 folder (LoRA), and both with --grad-checkpoint,
+             transformers + PEFT over bitsandbytes NF4 + double quant (QLoRA) and over fp32 (LoRA).
+           Every run is a fresh process; each waits until other processes use under 15 % of
+           one CPU, and a run during which they used more is repeated (the machine is shared).
+  quality  the embedded stories260K fine-tuning set: `qlora train` with the demo's settings over
+           the NF4/64/double-quant packed base (QLoRA) and over the fp32 folder (LoRA); the
+           final validation losses (completion tokens) and their ratio.
+
+Usage:  python3 compare.py speed   --qlora .build/release/qlora [--python /tmp/hfenv/bin/python] [--repeat 3]
+        python3 compare.py quality --qlora .build/release/qlora
+Results are printed as a table and written to --out (JSON).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+CONFIG = dict(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
+              num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
+              rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=0, eos_token_id=1)
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+BATCH, SEQ, WARMUP, MEASURE, THREADS = 4, 256, 2, 5, 2
+QUIET = 15.0  # % of one CPU that other processes may use during a measurement
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine load: CPU used by other processes (busy jiffies in /proc/stat minus our children's).
+
+def busy_jiffies():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+
+
+def own_jiffies():
+    s = os.times()
+    return (s.user + s.system + s.children_user + s.children_system) * HZ
+
+
+def foreign_percent(run):
+    """Runs run() and returns (its result, CPU % other processes used meanwhile)."""
+    t, b, o = time.perf_counter(), busy_jiffies(), own_jiffies()
+    result = run()
+    dt = time.perf_counter() - t
+    return result, 100.0 * max(0.0, (busy_jiffies() - b) - (own_jiffies() - o)) / (dt * HZ)
+
+
+def wait_quiet(limit_s=1800):
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit_s:
+        _, pct = foreign_percent(lambda: time.sleep(1.0))
+        if pct < QUIET:
+            return round(time.perf_counter() - start, 1)
+    return round(time.perf_counter() - start, 1)
+
+
+def timed(cmd, env=None):
+    """Runs cmd under /usr/bin/time -v: (stdout, peak RSS KiB, wall s)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+        t = time.perf_counter()
+        p = subprocess.run(["/usr/bin/time", "-v", "-o", tf.name] + cmd, capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - t
+        if p.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
+        rss = next(int(l.split(":")[1]) for l in tf.read().splitlines() if "Maximum resident set size" in l)
+    return p.stdout, rss, wall
+
+
+def measured(label, cmd, parse, repeat, env=None):
+    """Repeats a run until `repeat` of them saw a quiet machine (at most 3·repeat tries)."""
+    runs = []
+    for _ in range(3 * repeat):
+        waited = wait_quiet()
+        (out, rss, wall), pct = foreign_percent(lambda: timed(cmd, env))
+        r = dict(parse(out), peak_rss_kib=rss, wall_s=round(wall, 2), foreign_cpu_pct=round(pct, 1), waited_s=waited,
+                 load_average=open("/proc/loadavg").read().split()[0])
+        r["clean"] = pct < QUIET
+        runs.append(r)
+        print(f"  {label}: {r['tokens_per_s']:.0f} tokens/s, median step {r['median_step_s']:.3f} s, "
+              f"peak RSS {rss / 1024:.0f} MiB, other processes {pct:.0f} % of a CPU" + ("" if r["clean"] else " (discarded)"),
+              flush=True)
+        if sum(x["clean"] for x in runs) == repeat:
+            break
+    clean = [x for x in runs if x["clean"]] or runs
+    return {"runs": runs, "tokens_per_s": statistics.median(x["tokens_per_s"] for x in clean),
+            "median_step_s": statistics.median(x["median_step_s"] for x in clean),
+            "peak_rss_kib": statistics.median(x["peak_rss_kib"] for x in clean)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The Python side (run in a child of --python, so its RSS is its own).
+
+def hf_child(workdir, quant):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    torch.set_num_threads(THREADS)
+    if quant == "nf4":
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(workdir, quantization_config=q, device_map="cpu", dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(workdir, dtype=torch.float32)
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, lora_dropout=0.0,
+                                             bias="none", task_type="CAUSAL_LM"))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ids = torch.randint(4, CONFIG["vocab_size"], (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
+    times, losses = [], []
+    for i in range(WARMUP + MEASURE):
+        t = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        opt.step()
+        if i >= WARMUP:
+            times.append(time.perf_counter() - t)
+        losses.append(float(out.loss.detach()))
+    med = statistics.median(times)
+    print(json.dumps({"median_step_seconds": med, "tokens_per_second": BATCH * SEQ / med, "losses": losses,
+                      "step_seconds": times}))
+
+
+def build_checkpoint(python, workdir):
+    if os.path.exists(os.path.join(workdir, "model.safetensors")):
+        return
+    code = ("import torch, sys; from transformers import LlamaConfig, LlamaForCausalLM; torch.manual_seed(0); "
+            f"LlamaForCausalLM(LlamaConfig(**{CONFIG!r})).save_pretrained(sys.argv[1], safe_serialization=True)")
+    subprocess.run([python, "-c", code, workdir], check=True)
+
+
+def parse_ours(out):
+    r = json.loads(out)
+    return {"tokens_per_s": r["tokens_per_second"], "median_step_s": r["median_step_seconds"], "losses": r["losses"]}
+
+
+def parse_hf(out):
+    r = json.loads(out.strip().splitlines()[-1])
+    return {"tokens_per_s": r["tokens_per_second"], "median_step_s": r["median_step_seconds"], "losses": r["losses"]}
+
+
+def speed(args):
+    os.makedirs(args.workdir, exist_ok=True)
+    model = os.path.join(args.workdir, "llama31m")
+    packed = os.path.join(args.workdir, "llama31m-nf4.qlora")
+    build_checkpoint(args.python, model)
+    if not os.path.exists(packed):
+        subprocess.run([args.qlora, "quantize", model, "--output", packed, "--type", "nf4", "--block-size", "64",
+                        "--double-quant"], check=True, capture_output=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
+    hf = [args.python, os.path.abspath(__file__), "hf-child", "--workdir", model]
+    cases = [
+        ("qlorakit QLoRA (NF4/64/DQ)", [args.qlora, "bench", "train", "--model", packed, "--json"], parse_ours),
+        ("qlorakit LoRA (fp32)", [args.qlora, "bench", "train", "--model", model, "--json"], parse_ours),
+        ("qlorakit QLoRA + grad checkpointing", [args.qlora, "bench", "train", "--model", packed, "--json", "--grad-checkpoint"], parse_ours),
+        ("qlorakit LoRA + grad checkpointing", [args.qlora, "bench", "train", "--model", model, "--json", "--grad-checkpoint"], parse_ours),
+        ("HF QLoRA (bnb NF4 + DQ)", hf + ["--quant", "nf4"], parse_hf),
+        ("HF LoRA (fp32)", hf + ["--quant", "fp32"], parse_hf),
+    ]
+    results = {}
+    for label, cmd, parse in cases:
+        if args.only and not any(o in label for o in args.only):
+            continue
+        results[label] = measured(label, cmd, parse, args.repeat, env)
+    print()
+    print(f"{'':40} {'tokens/s':>9} {'step s':>7} {'peak RSS':>10}")
+    for label, r in results.items():
+        print(f"{label:40} {r['tokens_per_s']:9.0f} {r['median_step_s']:7.3f} {r['peak_rss_kib'] / 1048576:8.3f} GiB")
+    ours, theirs = results.get("qlorakit QLoRA (NF4/64/DQ)"), results.get("HF QLoRA (bnb NF4 + DQ)")
+    if ours and theirs:
+        print(f"\nQLoRA: qlorakit / HF tokens/s = {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x, "
+              f"peak RSS = {100 * ours['peak_rss_kib'] / theirs['peak_rss_kib']:.1f} % of HF's")
+    return results
+
+
+def quality(args):
+    """QLoRA (packed NF4 base) against LoRA (fp32 base) on the embedded fine-tuning set."""
+    data = args.data
+    work = os.path.join(args.workdir, "quality")
+    os.makedirs(work, exist_ok=True)
+    packed = os.path.join(work, "stories260K-nf4.qlora")
+    subprocess.run([args.qlora, "quantize", data, "--output", packed, "--type", "nf4", "--block-size", "64",
+                    "--double-quant"], check=True, capture_output=True)
+    settings = ["--data", data, "--steps", str(args.steps), "--batch-size", "8", "--rank", "8", "--alpha", "16",
+                "--learning-rate", "5e-4", "--schedule", "cosine", "--warmup", "10", "--eval-every", str(args.steps),
+                "--max-seq-len", "512", "--seed", "42", "--no-eos"]
+    results = {}
+    for label, model in [("QLoRA (NF4/64/DQ base)", packed), ("LoRA (fp32 base)", data)]:
+        out = os.path.join(work, "qlora" if model == packed else "lora")
+        subprocess.run(["rm", "-rf", out], check=True)
+        subprocess.run([args.qlora, "train", "--model", model, "--output", out] + settings, check=True, capture_output=True)
+        records = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
+        valid = [r["valid_loss"] for r in records if "valid_loss" in r]
+        results[label] = {"initial_valid_loss": valid[0], "final_valid_loss": valid[-1],
+                          "final_train_loss": [r["loss"] for r in records if "loss" in r][-1]}
+        print(f"{label:24} validation loss {valid[0]:.4f} -> {valid[-1]:.4f}")
+    q, l = results["QLoRA (NF4/64/DQ base)"], results["LoRA (fp32 base)"]
+    ratio = q["final_valid_loss"] / l["final_valid_loss"]
+    print(f"final validation loss QLoRA / LoRA = {ratio:.4f} ({100 * (ratio - 1):+.2f} %)")
+    results["ratio"] = ratio
+    return results
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["speed", "quality", "hf-child"])
+    ap.add_argument("--qlora", default=".build/release/qlora")
+    ap.add_argument("--python", default=sys.executable, help="a Python with torch, transformers, peft, bitsandbytes")
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "qlora-train-comparison"))
+    ap.add_argument("--data", default="Sources/QLoRAKit/Resources/stories260K", help="quality: model folder with train/valid.jsonl")
+    ap.add_argument("--steps", type=int, default=200, help="quality: optimizer steps")
+    ap.add_argument("--repeat", type=int, default=3, help="speed: clean runs per case")
+    ap.add_argument("--only", nargs="*", help="speed: cases whose label contains one of these")
+    ap.add_argument("--quant", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help="write the results here as JSON")
+    args = ap.parse_args()
+    if args.mode == "hf-child":
+        return hf_child(args.workdir, args.quant)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    results = speed(args) if args.mode == "speed" else quality(args)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"mode": args.mode, "started": started, "results": results,
+                       "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
+                       "nproc": os.cpu_count()}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
