@@ -129,27 +129,32 @@ public struct AccuracySweep: Sendable {
     /// Where a running sweep is.
     public struct Progress: Sendable {
         public enum Phase: String, Sendable {
-            case quantizing, evaluating, comparing
+            case quantizing, evaluating, comparing, training
         }
 
-        /// 1-based row, of `count` (the full-precision row is the first).
+        /// 1-based row, of `count`: the full-precision row, one per spec, then
+        /// with fine-tuning the full-precision run and one per fine-tuned spec.
         public var index: Int
         public var count: Int
         /// "f32" or the spec, "nf4/64/dq8".
         public var label: String
         public var phase: Phase
+        /// Where training is ("step 12/100").
+        public var detail: String?
     }
 
     /// What a sweep wrote.
     public struct Report: Sendable {
         /// The full-precision row first, then one per spec in the order given.
         public var records: [AccuracyRecord]
+        /// Fine-tuning runs, the full-precision one first; empty without `finetune`.
+        public var finetune: [FinetuneRecord]
         public var output: URL
-        /// results.json, results.csv, results.md.
+        /// results.json, results.csv, results.md, and finetune.json with fine-tuning.
         public var files: [URL]
-        /// kl_divergence.svg, perplexity.svg.
+        /// kl_divergence.svg, perplexity.svg, and finetune.svg with fine-tuning.
         public var plots: [URL]
-        /// results.md's table.
+        /// results.md: the sweep's table, and the fine-tuning table under its own heading.
         public var markdown: String
         /// Tokens per evaluation window, and the sequences the data held.
         public var context: Int
@@ -169,14 +174,18 @@ public struct AccuracySweep: Sendable {
     /// Tokens per evaluation window (default: max_position_embeddings, at most 2048).
     public var context: Int?
     public var overwrite: Bool
+    /// Also fine-tune the full-precision model and packed bases (see AccuracySweep+Finetune.swift).
+    public var finetune: Finetune?
 
-    public init(model: URL, data: URL, output: URL, specs: [QuantSpec], context: Int? = nil, overwrite: Bool = false) {
+    public init(model: URL, data: URL, output: URL, specs: [QuantSpec], context: Int? = nil, overwrite: Bool = false,
+                finetune: Finetune? = nil) {
         self.model = model
         self.data = data
         self.output = output
         self.specs = specs
         self.context = context
         self.overwrite = overwrite
+        self.finetune = finetune
     }
 
     /// Every combination, type-major: for each type, each block size, each scale storage.
@@ -227,6 +236,7 @@ public struct AccuracySweep: Sendable {
             throw AccuracySweepError.unsupportedBlockSize(String(spec.blockSize), supported: QuantSpec.blockSizes)
         }
         try checkOutput()
+        try finetune?.check()
         let source = try openSource()
 
         let manager = FileManager.default
@@ -235,7 +245,7 @@ public struct AccuracySweep: Sendable {
         let scratch = writer.temporary.appendingPathComponent("packed", isDirectory: true)
         try manager.createDirectory(at: scratch, withIntermediateDirectories: true)
 
-        let count = specs.count + 1
+        let count = specs.count + 1 + (finetune.map { $0.specs.count + 1 } ?? 0)
         progress(Progress(index: 1, count: count, label: "f32", phase: .evaluating))
         let fullPrecision = try measure(model, source) {
             progress(Progress(index: 1, count: count, label: "f32", phase: .comparing))
@@ -265,23 +275,34 @@ public struct AccuracySweep: Sendable {
                 top1Agreement: m.top1Agreement, weightRMSE: summary.error.rms, weightRelativeRMSE: summary.error.relativeRMS,
                 tokens: m.alone.tokens, tokensPerSecond: m.alone.tokensPerSecond))
         }
+        var finetuned: [FinetuneRecord] = []
+        if let finetune {
+            finetuned = try runFinetunes(finetune, linearBits: source.linearBits, scratch: scratch) { run, label, phase, detail in
+                progress(Progress(index: specs.count + 2 + run, count: count, label: label, phase: phase, detail: detail))
+            }
+        }
         try manager.removeItem(at: scratch)
 
-        let markdown = Self.markdownTable(records)
-        let contents: [(String, Data)] = [
+        var markdown = Self.markdownTable(records)
+        var contents: [(String, Data)] = [
             ("results.json", try Self.json(records)),
             ("results.csv", Data(Self.csv(records).utf8)),
-            ("results.md", Data(markdown.utf8)),
             ("kl_divergence.svg", Data(try Self.klChart(records).svg().utf8)),
             ("perplexity.svg", Data(try Self.perplexityChart(records).svg().utf8)),
         ]
+        if finetune != nil {
+            markdown += "\n## Fine-tuning\n\n" + Self.finetuneTable(finetuned)
+            contents += [("finetune.json", try Self.json(finetuned)), ("finetune.svg", Data(try Self.finetuneChart(finetuned).svg().utf8))]
+        }
+        contents.append(("results.md", Data(markdown.utf8)))
         for (name, data) in contents {
             try data.write(to: writer.temporary.appendingPathComponent(name))
         }
         try writer.commit()
-        return Report(records: records, output: output,
-                      files: Self.resultFileNames.map { output.appendingPathComponent($0) },
-                      plots: Self.plotFileNames.map { output.appendingPathComponent($0) },
+        let extra = finetune == nil ? [] : ["finetune.json"], extraPlots = finetune == nil ? [] : ["finetune.svg"]
+        return Report(records: records, finetune: finetuned, output: output,
+                      files: (Self.resultFileNames + extra).map { output.appendingPathComponent($0) },
+                      plots: (Self.plotFileNames + extraPlots).map { output.appendingPathComponent($0) },
                       markdown: markdown, context: source.context, sequences: source.sequences.count)
     }
 
@@ -361,7 +382,7 @@ public struct AccuracySweep: Sendable {
 
     // MARK: - Outputs
 
-    static func json(_ records: [AccuracyRecord]) throws -> Data {
+    static func json(_ records: some Encodable) throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
@@ -456,6 +477,7 @@ public enum AccuracySweepError: Error, LocalizedError, Equatable {
     case notAModelFolder(URL)
     case invalidContext(Int, limit: Int)
     case tooFewTokens(URL, tokens: Int, context: Int)
+    case noValidationSet(URL)
 
     public var errorDescription: String? {
         switch self {
@@ -475,6 +497,8 @@ public enum AccuracySweepError: Error, LocalizedError, Equatable {
             "context \(context) must be between 2 and \(limit) tokens (max_position_embeddings)"
         case let .tooFewTokens(url, tokens, context):
             "\(url.path): \(tokens) tokens, fewer than one evaluation window of \(context); use more text or a smaller --context"
+        case let .noValidationSet(url):
+            "\(url.path): no \(DatasetFiles.validFileName) to measure the fine-tuning on (a folder with \(DatasetFiles.trainFileName) and \(DatasetFiles.validFileName))"
         }
     }
 }

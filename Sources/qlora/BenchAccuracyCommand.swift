@@ -17,6 +17,11 @@ struct BenchAccuracyCommand: ParsableCommand {
         agreement. Embeddings and norms stay in full precision, as `qlora quantize` keeps them by default. \
         The output folder gets results.json, results.csv, results.md and two SVG plots (KL divergence \
         and perplexity against bits per weight); it is written whole at the end.
+
+        With --finetune DIR (train.jsonl and valid.jsonl), the same short LoRA run (r=8, alpha 16, every \
+        projection, batch 8, cosine schedule from 5e-4, seed 42) trains over the full-precision model and \
+        over each type's packed model (block 64 and double quantization where the sweep has them), and \
+        finetune.json, finetune.svg and a second table in results.md record the validation loss.
         """
     )
 
@@ -44,7 +49,16 @@ struct BenchAccuracyCommand: ParsableCommand {
     @Option(help: "Tokens per evaluation window (default: max_position_embeddings, at most 2048).")
     var context: Int?
 
-    @Flag(help: "Print results.json instead of the Markdown table.")
+    @Option(help: "Also fine-tune each type's packed base and the full-precision model on this dataset folder (train.jsonl, valid.jsonl).")
+    var finetune: String?
+
+    @Option(name: .customLong("finetune-steps"), help: "Optimizer steps of each fine-tuning run.")
+    var finetuneSteps = 100
+
+    @Flag(name: .customLong("no-eos"), help: "Fine-tuning: do not append the tokenizer's end-of-sequence token to texts and completions.")
+    var noEOS = false
+
+    @Flag(help: "Print results.json (and finetune.json) instead of the Markdown tables.")
     var json = false
 
     func validate() throws {
@@ -55,11 +69,24 @@ struct BenchAccuracyCommand: ParsableCommand {
         guard let choice = AccuracySweep.DoubleQuant(rawValue: doubleQuant) else {
             throw ValidationError("--double-quant must be one of \(AccuracySweep.DoubleQuant.allCases.map(\.rawValue).joined(separator: ", ")), not \(doubleQuant)")
         }
+        guard finetuneSteps >= 1 else { throw ValidationError("--finetune-steps must be at least 1") }
         do {
-            let specs = AccuracySweep.specs(types: try AccuracySweep.parseTypes(types),
-                                            blockSizes: try AccuracySweep.parseBlockSizes(blockSizes), doubleQuant: choice)
-            return AccuracySweep(model: URL(fileURLWithPath: model), data: URL(fileURLWithPath: data),
-                                 output: URL(fileURLWithPath: output), specs: specs, context: context, overwrite: overwrite)
+            let types = try AccuracySweep.parseTypes(types), blocks = try AccuracySweep.parseBlockSizes(blockSizes)
+            let modelURL = URL(fileURLWithPath: model)
+            let tuning = try finetune.map { dataset in
+                // Examples as long as the model takes, at most 1024 tokens (an unreadable model
+                // folder is left for the sweep to report).
+                let configURL = modelURL.appendingPathComponent(HFCheckpoint.configFileName)
+                let positions = (try? LlamaConfiguration(jsonData: Data(contentsOf: configURL), source: configURL).maxPositionEmbeddings) ?? 1024
+                return AccuracySweep.Finetune(
+                    dataset: URL(fileURLWithPath: dataset),
+                    specs: AccuracySweep.Finetune.specs(types: types, blockSizes: blocks, doubleQuant: choice),
+                    configuration: AccuracySweep.Finetune.configuration(steps: finetuneSteps, maxSequenceLength: min(1024, positions),
+                                                                        appendEOS: !noEOS))
+            }
+            return AccuracySweep(model: modelURL, data: URL(fileURLWithPath: data), output: URL(fileURLWithPath: output),
+                                 specs: AccuracySweep.specs(types: types, blockSizes: blocks, doubleQuant: choice),
+                                 context: context, overwrite: overwrite, finetune: tuning)
         } catch let error as AccuracySweepError {
             throw ValidationError(error.localizedDescription)
         }
@@ -76,11 +103,12 @@ struct BenchAccuracyCommand: ParsableCommand {
                 let elapsed = Date().timeIntervalSince(started)
                 let done = p.index - 1
                 let eta = done > 0 ? ProgressLine.clock(elapsed / Double(done) * Double(p.count - done)) : "–"
-                line.show("[\(p.index)/\(p.count)] \(p.label): \(p.phase.rawValue)  elapsed \(ProgressLine.clock(elapsed))  ETA \(eta)", force: true)
+                let what = p.phase == .training ? "fine-tuning" + (p.detail.map { " \($0)" } ?? "") : p.phase.rawValue
+                line.show("[\(p.index)/\(p.count)] \(p.label): \(what)  elapsed \(ProgressLine.clock(elapsed))  ETA \(eta)", force: p.detail == nil)
             }
         }
         if json {
-            FileHandle.standardOutput.write(try Data(contentsOf: report.files[0]))
+            for file in report.files where file.pathExtension == "json" { FileHandle.standardOutput.write(try Data(contentsOf: file)) }
             return
         }
         print(report.markdown, terminator: "")

@@ -70,7 +70,7 @@ import _TestSupport
         #expect(int8At32.klDivergence < int4At32.klDivergence && int8At256.klDivergence < int4At256.klDivergence)
         #expect(int4At32.klDivergence < int4At256.klDivergence && int4At32.weightRelativeRMSE < int4At256.weightRelativeRMSE)
         #if os(Linux)
-        #expect(rows.allSatisfy { ($0.peakRSSBytes ?? 0) > 0 })
+        #expect(ResidentMemory.resetPeak() && rows.allSatisfy { ($0.peakRSSBytes ?? 0) > 0 })
         #endif
 
         // results.csv: the JSON keys as header, a line per row, nulls empty.
@@ -162,5 +162,82 @@ import _TestSupport
         let onFile = AccuracySweep(model: EmbeddedModel.directory, data: data, output: file, specs: sweep.specs, overwrite: true)
         #expect(throws: AccuracySweepError.self) { try onFile.run() }
         #expect(try scratch.contents() == ["out", "stories.jsonl"])
+    }
+}
+
+@Suite struct AccuracySweepFinetuneTests {
+    /// The first `train` and `valid` lines of the embedded fine-tuning set, as a dataset folder in `dir`.
+    static func dataset(train: Int, valid: Int?, in dir: URL) throws -> URL {
+        let folder = dir.appendingPathComponent("dataset", isDirectory: true)
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        for (name, count) in [(DatasetFiles.trainFileName, train), (DatasetFiles.validFileName, valid)] {
+            guard let count else { continue }
+            let lines = try String(contentsOf: EmbeddedModel.directory.appendingPathComponent(name), encoding: .utf8)
+                .split(separator: "\n").prefix(count)
+            try Data(lines.joined(separator: "\n").utf8).write(to: folder.appendingPathComponent(name))
+        }
+        return folder
+    }
+
+    @Test func basesFollowTheSweepsSettingsPreferringQLoRAs() {
+        #expect(AccuracySweep.Finetune.specs(types: [.nf4, .int4], blockSizes: [32, 64], doubleQuant: .both)
+            == [QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8), QuantSpec(type: .int4, blockSize: 64, scaleKind: .dq8)])
+        #expect(AccuracySweep.Finetune.specs(types: [.fp4], blockSizes: [128, 32], doubleQuant: .off)
+            == [QuantSpec(type: .fp4, blockSize: 128, scaleKind: .f32)])
+    }
+
+    /// Three steps over the full-precision model and an NF4 base, on 16 training and 8 validation stories.
+    @Test func finetuningRecordsTheValidationLossOfEveryBase() throws {
+        let scratch = try TemporaryDirectory("qlora-accuracy")
+        defer { scratch.remove() }
+        let data = try AccuracySweepTests.storySlice(4, in: scratch.url)
+        let output = scratch.appending("out")
+        let nf4 = QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8)
+        let finetune = AccuracySweep.Finetune(dataset: try Self.dataset(train: 16, valid: 8, in: scratch.url), specs: [nf4],
+                                              configuration: AccuracySweep.Finetune.configuration(steps: 3, maxSequenceLength: 512, appendEOS: false))
+        var phases: [String] = []
+        let report = try AccuracySweep(model: EmbeddedModel.directory, data: data, output: output,
+                                       specs: [QuantSpec(type: .int8, blockSize: 256)], context: 64, finetune: finetune)
+            .run { phases.append("\($0.index)/\($0.count) \($0.label) \($0.phase.rawValue) \($0.detail ?? "")") }
+
+        #expect(phases.contains("3/4 f32 training step 3/3") && phases.last == "4/4 nf4/64/dq8 training step 3/3")
+        #expect(try scratch.contents() == ["dataset", "out", "stories.jsonl"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: output.path).sorted()
+            == ["finetune.json", "finetune.svg", "kl_divergence.svg", "perplexity.svg", "results.csv", "results.json", "results.md"])
+        #expect(report.files.map(\.lastPathComponent).contains("finetune.json") && report.plots.count == 3)
+
+        let runs = report.finetune
+        #expect(runs.map(\.type) == ["f32", "nf4"] && runs[1].blockSize == 64 && runs[1].doubleQuant == true)
+        #expect(runs[0].bitsPerWeight == 32 && abs(runs[1].bitsPerWeight - 4.135) < 1e-3)
+        #expect(runs[0].deltaValidLoss == 0 && abs(runs[1].deltaValidLoss - (runs[1].finalValidLoss - runs[0].finalValidLoss)) <= 1e-12)
+        for run in runs {
+            #expect(run.steps == 3 && run.validLossCurve.map(\.step) == [0, 1, 2, 3])
+            #expect(run.initialValidLoss == run.validLossCurve[0].loss && run.finalValidLoss == run.validLossCurve[3].loss)
+            #expect(run.finalValidLoss < run.initialValidLoss && run.trainLoss.isFinite && run.tokensPerSecond > 0)
+        }
+        // The packed base starts further from the data than full precision does.
+        #expect(runs[1].initialValidLoss > runs[0].initialValidLoss)
+
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: output.appendingPathComponent("finetune.json"))) as? [[String: Any]])
+        #expect(json.count == 2 && json.allSatisfy { Set($0.keys) == Set(FinetuneRecord.CodingKeys.allCases.map(\.rawValue)) })
+        #expect(json[0]["block_size"] is NSNull)
+        let markdown = try String(contentsOf: output.appendingPathComponent("results.md"), encoding: .utf8)
+        #expect(markdown == report.markdown && markdown.contains("## Fine-tuning") && markdown.contains("| nf4/64/dq8 | 4.135 | 3 |"))
+        let svg = try Data(contentsOf: output.appendingPathComponent("finetune.svg"))
+        #expect(XMLParser(data: svg).parse())
+        #expect(String(decoding: svg, as: UTF8.self).contains(#"data-name="nf4/64 + DQ (QLoRA)""#))
+    }
+
+    @Test func aDatasetWithoutValidationSetIsRefusedFirst() throws {
+        let scratch = try TemporaryDirectory("qlora-accuracy")
+        defer { scratch.remove() }
+        let dataset = try Self.dataset(train: 16, valid: nil, in: scratch.url)
+        let finetune = AccuracySweep.Finetune(dataset: dataset, specs: [QuantSpec(type: .nf4, blockSize: 64)],
+                                              configuration: AccuracySweep.Finetune.configuration(steps: 3, maxSequenceLength: 512))
+        let sweep = AccuracySweep(model: EmbeddedModel.directory, data: try AccuracySweepTests.storySlice(4, in: scratch.url),
+                                  output: scratch.appending("out"), specs: [QuantSpec(type: .int8, blockSize: 256)], context: 64,
+                                  finetune: finetune)
+        #expect(throws: AccuracySweepError.noValidationSet(dataset)) { try sweep.run() }
+        #expect(try scratch.contents() == ["dataset", "stories.jsonl"])
     }
 }
