@@ -58,7 +58,7 @@ struct BenchAccuracyCommand: ParsableCommand {
     @Flag(name: .customLong("no-eos"), help: "Fine-tuning: do not append the tokenizer's end-of-sequence token to texts and completions.")
     var noEOS = false
 
-    @Flag(help: "Print results.json (and finetune.json) instead of the Markdown tables.")
+    @Flag(help: "Print results.json instead of the Markdown tables (with --finetune, an object holding it as \"results\" and finetune.json as \"finetune\").")
     var json = false
 
     func validate() throws {
@@ -108,7 +108,16 @@ struct BenchAccuracyCommand: ParsableCommand {
             }
         }
         if json {
-            for file in report.files where file.pathExtension == "json" { FileHandle.standardOutput.write(try Data(contentsOf: file)) }
+            let results = try Data(contentsOf: report.files[0])
+            guard let finetune = report.files.first(where: { $0.lastPathComponent == "finetune.json" }) else {
+                FileHandle.standardOutput.write(results)
+                return
+            }
+            // One JSON document: both arrays under their file names' stems.
+            let object: [String: Any] = ["results": try JSONSerialization.jsonObject(with: results),
+                                         "finetune": try JSONSerialization.jsonObject(with: Data(contentsOf: finetune))]
+            FileHandle.standardOutput.write(try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys]))
+            print()
             return
         }
         print(report.markdown, terminator: "")
