@@ -13,7 +13,7 @@ Not part of the Swift package: the Python side is installed outside the project
              transformers + PEFT over bitsandbytes NF4 + double quant (QLoRA) and over fp32 (LoRA).
            Every run is a fresh process; each waits until other processes use under 15 % of
            one CPU, and a run during which they used more is repeated (the machine is shared).
-  quality  the embedded stories260K fine-tuning set: `qlora train` with the demo's settings over
+  quality  the embedded stories260K fine-tuning set: `qlora train` with the same settings over
            the NF4/64/double-quant packed base (QLoRA) and over the fp32 folder (LoRA); the
            final validation losses (completion tokens) and their ratio.
 
@@ -198,8 +198,9 @@ def quality(args):
     packed = os.path.join(work, "stories260K-nf4.qlora")
     subprocess.run([args.qlora, "quantize", data, "--output", packed, "--type", "nf4", "--block-size", "64",
                     "--double-quant"], check=True, capture_output=True)
-    settings = ["--data", data, "--steps", str(args.steps), "--batch-size", "8", "--rank", "8", "--alpha", "16",
-                "--learning-rate", "5e-4", "--schedule", "cosine", "--warmup", "10", "--eval-every", str(args.steps),
+    settings = ["--data", data, "--steps", str(args.steps), "--batch-size", "8", "--rank", str(args.rank),
+                "--alpha", str(2 * args.rank), "--learning-rate", str(args.learning_rate), "--schedule", "cosine",
+                "--warmup", "10", "--eval-every", str(args.steps),
                 "--max-seq-len", "512", "--seed", "42", "--no-eos"]
     results = {}
     for label, model in [("QLoRA (NF4/64/DQ base)", packed), ("LoRA (fp32 base)", data)]:
@@ -225,7 +226,9 @@ def main():
     ap.add_argument("--python", default=sys.executable, help="a Python with torch, transformers, peft, bitsandbytes")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "qlora-train-comparison"))
     ap.add_argument("--data", default="Sources/QLoRAKit/Resources/stories260K", help="quality: model folder with train/valid.jsonl")
-    ap.add_argument("--steps", type=int, default=200, help="quality: optimizer steps")
+    ap.add_argument("--steps", type=int, default=400, help="quality: optimizer steps (batch 8)")
+    ap.add_argument("--rank", type=int, default=16, help="quality: LoRA rank (alpha is twice the rank)")
+    ap.add_argument("--learning-rate", type=float, default=5e-4, help="quality: peak learning rate (cosine, 10 warm-up steps)")
     ap.add_argument("--repeat", type=int, default=3, help="speed: clean runs per case")
     ap.add_argument("--only", nargs="*", help="speed: cases whose label contains one of these")
     ap.add_argument("--quant", help=argparse.SUPPRESS)
