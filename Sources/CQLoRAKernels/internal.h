@@ -16,6 +16,8 @@ void qk_f32_to_f16_ref(uint16_t *restrict y, const float *restrict x, int64_t n)
 // it, the dequantized-tile GEMM. Summation orders differ between the two, so
 // the choice depends on n and W only.
 #define QK_GEMV_MAX_N 4
+// The same for the AVX-512 4-bit path (qgemm_avx512.c).
+#define QK_GEMV512_MAX_N 8
 
 void qk_dequantize_span_ref(float *restrict y, const qk_packed *w, int64_t first, int64_t count,
                             float *restrict tmp);
@@ -29,7 +31,7 @@ void qk_matmul_backward_avx2(float *restrict dx, const float *restrict dy, int64
                              int64_t begin, int64_t end, int32_t accumulate, float *restrict scratch);
 void qk_block_steps_avx2(float *restrict d, const qk_packed *w, int64_t first, int64_t count);
 // qgemm_avx512.c: the 4-bit few-rows paths, when the CPU has AVX-512F.
-int qk_gemv_avx512_applies(const qk_packed *w);
+int qk_gemv_avx512_applies(const qk_packed *w, int64_t n);
 void qk_gemv_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
                             int64_t begin, int64_t end);
 void qk_gemv_backward_avx512(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,

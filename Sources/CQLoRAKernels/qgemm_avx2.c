@@ -604,7 +604,7 @@ void qk_matmul_forward_avx2(float *restrict y, const float *restrict x, int64_t 
         for (int64_t i = 0; i < n; i++) memset(y + i * w->rows + begin, 0, (size_t)(end - begin) * sizeof(float));
         return;
     }
-    if (gemv_applies(w, n) && qk_gemv_avx512_applies(w)) qk_gemv_forward_avx512(y, x, n, w, begin, end);
+    if (qk_gemv_avx512_applies(w, n)) qk_gemv_forward_avx512(y, x, n, w, begin, end);
     else if (gemv_applies(w, n)) gemv_forward_any(y, x, n, w, begin, end, scratch);
     else tiled_forward(y, x, n, w, begin, end, scratch);
 }
@@ -618,10 +618,9 @@ void qk_matmul_backward_avx2(float *restrict dx, const float *restrict dy, int64
         return;
     }
     const int64_t B = w->block_size;
-    if (gemv_applies(w, n) && begin % B == 0 && end % B == 0) {
-        if (qk_gemv_avx512_applies(w)) qk_gemv_backward_avx512(dx, dy, n, w, begin, end, accumulate);
-        else gemv_backward_any(dx, dy, n, w, begin, end, accumulate, scratch);
-    }
+    const int aligned = begin % B == 0 && end % B == 0;
+    if (aligned && qk_gemv_avx512_applies(w, n)) qk_gemv_backward_avx512(dx, dy, n, w, begin, end, accumulate);
+    else if (aligned && gemv_applies(w, n)) gemv_backward_any(dx, dy, n, w, begin, end, accumulate, scratch);
     else tiled_backward(dx, dy, n, w, begin, end, accumulate, scratch);
 }
 
