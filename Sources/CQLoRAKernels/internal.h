@@ -19,6 +19,16 @@ void qk_f32_to_f16_ref(uint16_t *restrict y, const float *restrict x, int64_t n)
 // The same for the AVX-512 4-bit path (qgemm_avx512.c).
 #define QK_GEMV512_MAX_N 8
 
+// Expands F(NT) with NT = n as a constant (n clamped to 1..4 or 1..8), so the
+// few-rows kernels are compiled once per row count with their loops unrolled.
+#define QK_FOR_ROWS4(n, F) \
+    switch (n) { case 1: F(1) break; case 2: F(2) break; case 3: F(3) break; default: F(4) break; }
+#define QK_FOR_ROWS8(n, F)                                                                       \
+    switch (n) {                                                                                 \
+    case 1: F(1) break; case 2: F(2) break; case 3: F(3) break; case 4: F(4) break;             \
+    case 5: F(5) break; case 6: F(6) break; case 7: F(7) break; default: F(8) break;            \
+    }
+
 void qk_dequantize_span_ref(float *restrict y, const qk_packed *w, int64_t first, int64_t count,
                             float *restrict tmp);
 #if defined(__x86_64__) || defined(__i386__)

@@ -333,24 +333,15 @@ AVX2_INLINE void gemv_backward(float *restrict dxp, const float *restrict dy, co
     }
 }
 
-#define GEMV_CASES(CALL)                                                                       \
-    if (kind == KIND_INT8) {                                                                   \
-        CALL(KIND_INT8)                                                                        \
-    } else {                                                                                   \
-        CALL(KIND_LUT4)                                                                        \
-    }
-
 AVX2 static void gemv_forward_any(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
                                   int64_t begin, int64_t end, float *restrict xp) {
     const int64_t in = w->cols;
     const int kind = w->type == QK_TYPE_INT8 ? KIND_INT8 : KIND_LUT4;
     for (int64_t i = 0; i < n; i++) permute_row(xp + i * in, x + i * in, in, kind, w->block_size);
-#define FWD(K)                                                                                 \
-    if (n == 1) gemv_forward(y, xp, w, begin, end, 1, K);                                      \
-    else if (n == 2) gemv_forward(y, xp, w, begin, end, 2, K);                                 \
-    else if (n == 3) gemv_forward(y, xp, w, begin, end, 3, K);                                 \
-    else gemv_forward(y, xp, w, begin, end, 4, K);
-    GEMV_CASES(FWD)
+#define FWD(NT)                                                                                \
+    if (kind == KIND_INT8) gemv_forward(y, xp, w, begin, end, NT, KIND_INT8);                  \
+    else gemv_forward(y, xp, w, begin, end, NT, KIND_LUT4);
+    QK_FOR_ROWS4(n, FWD)
 #undef FWD
 }
 
@@ -359,12 +350,10 @@ AVX2 static void gemv_backward_any(float *restrict dx, const float *restrict dy,
     const int64_t in = w->cols, len = end - begin;
     const int kind = w->type == QK_TYPE_INT8 ? KIND_INT8 : KIND_LUT4;
     memset(dxp, 0, (size_t)(n * len) * sizeof(float));
-#define BWD(K)                                                                                 \
-    if (n == 1) gemv_backward(dxp, dy, w, begin, end, 1, K);                                   \
-    else if (n == 2) gemv_backward(dxp, dy, w, begin, end, 2, K);                              \
-    else if (n == 3) gemv_backward(dxp, dy, w, begin, end, 3, K);                              \
-    else gemv_backward(dxp, dy, w, begin, end, 4, K);
-    GEMV_CASES(BWD)
+#define BWD(NT)                                                                                \
+    if (kind == KIND_INT8) gemv_backward(dxp, dy, w, begin, end, NT, KIND_INT8);               \
+    else gemv_backward(dxp, dy, w, begin, end, NT, KIND_LUT4);
+    QK_FOR_ROWS4(n, BWD)
 #undef BWD
     for (int64_t i = 0; i < n; i++)
         unpermute_row(dx + i * in + begin, dxp + i * len, len, kind, w->block_size, accumulate);

@@ -127,32 +127,18 @@ AVX512_INLINE void backward_rows(float *restrict dx, const float *restrict dy, c
 
 AVX512 void qk_gemv_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
                                    int64_t begin, int64_t end) {
-    switch (n) {
-    case 1: forward_rows(y, x, w, begin, end, 1); break;
-    case 2: forward_rows(y, x, w, begin, end, 2); break;
-    case 3: forward_rows(y, x, w, begin, end, 3); break;
-    case 4: forward_rows(y, x, w, begin, end, 4); break;
-    case 5: forward_rows(y, x, w, begin, end, 5); break;
-    case 6: forward_rows(y, x, w, begin, end, 6); break;
-    case 7: forward_rows(y, x, w, begin, end, 7); break;
-    default: forward_rows(y, x, w, begin, end, 8);
-    }
+#define FWD(NT) forward_rows(y, x, w, begin, end, NT);
+    QK_FOR_ROWS8(n, FWD)
+#undef FWD
 }
 
 AVX512 void qk_gemv_backward_avx512(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
                                     int64_t begin, int64_t end, int32_t accumulate) {
     if (!accumulate)
         for (int64_t i = 0; i < n; i++) memset(dx + i * w->cols + begin, 0, (size_t)(end - begin) * sizeof(float));
-    switch (n) {
-    case 1: backward_rows(dx, dy, w, begin, end, 1); break;
-    case 2: backward_rows(dx, dy, w, begin, end, 2); break;
-    case 3: backward_rows(dx, dy, w, begin, end, 3); break;
-    case 4: backward_rows(dx, dy, w, begin, end, 4); break;
-    case 5: backward_rows(dx, dy, w, begin, end, 5); break;
-    case 6: backward_rows(dx, dy, w, begin, end, 6); break;
-    case 7: backward_rows(dx, dy, w, begin, end, 7); break;
-    default: backward_rows(dx, dy, w, begin, end, 8);
-    }
+#define BWD(NT) backward_rows(dx, dy, w, begin, end, NT);
+    QK_FOR_ROWS8(n, BWD)
+#undef BWD
 }
 
 #endif

@@ -312,17 +312,9 @@ public struct RandomPackedWeight {
             let g = (base + groupOffset).assumingMemoryBound(to: Float.self)
             for i in 0..<groups { g[i] = 0.01 }
         }
-        var v = qk_packed()
-        v.type = spec.type.code
-        v.block_size = Int32(spec.blockSize)
-        v.scale_kind = spec.scaleKind.code
-        v.rows = Int64(rows)
-        v.cols = Int64(cols)
-        v.codes = UnsafePointer(base.assumingMemoryBound(to: UInt8.self))
-        v.scales = UnsafeRawPointer(base + scaleOffset)
-        if groups > 0 { v.group_scales = UnsafePointer((base + groupOffset).assumingMemoryBound(to: Float.self)) }
-        v.offset = 0.03
-        view = v
+        view = qk_packed(
+            spec: spec, rows: rows, cols: cols, codes: UnsafeRawPointer(base), scales: UnsafeRawPointer(base + scaleOffset),
+            groupScales: groups > 0 ? UnsafeRawPointer(base + groupOffset) : nil, offset: 0.03)
     }
 
     /// A layer over these bytes (the layer keeps them alive).
