@@ -1,19 +1,20 @@
 // AVX2 + FMA products with a packed weight. Two regimes:
 //
-// - Few rows of X (n <= QK_GEMV_MAX_N, decode): bound by memory. Each packed
-//   byte is read once and decoded in registers; the block scale multiplies a
-//   block's partial sum once instead of every weight. 4-bit codes are looked
-//   up as four byte planes of the fp32 table with vpshufb (32 weights per
-//   lookup) and reassembled with unpacks; the unpacks leave the weights in a
-//   fixed interleaved order, so x (forward) or dx (backward) is permuted once
-//   per call to match it instead of shuffling every weight back.
+// - Few rows of X (n <= QK_GEMV_MAX_N, decode): meant to be bound by memory.
+//   Each packed byte is read once and decoded in registers; the block scale
+//   multiplies a block's partial sum once instead of every weight. 4-bit codes
+//   are looked up as four byte planes of the fp32 table with vpshufb (32
+//   weights per lookup) and reassembled with unpacks; the unpacks leave the
+//   weights in a fixed interleaved order, so x (forward) or dx (backward) is
+//   permuted once per call to match it instead of shuffling every weight back.
+//   On CPUs with AVX-512F the 4-bit types take qgemm_avx512.c instead.
 // - More rows (training): bound by arithmetic. A tile of W (at most 256 × 256)
 //   is dequantized once into scratch, laid out as 16-wide panels, and a 6 × 16
 //   register-blocked micro-kernel runs over it for every row of X, so the
 //   decoding cost vanishes next to the 2 · n flops per weight.
 //
-// Summation order depends on n and W only (never on the slice), which makes
-// results independent of how the caller splits the work across threads.
+// Summation order depends on n, W and the path only (never on the slice),
+// so results do not depend on how the caller splits the work across threads.
 #include "CQLoRAKernels.h"
 #include "internal.h"
 
@@ -292,45 +293,51 @@ AVX2_INLINE void gemv_forward(float *restrict y, const float *restrict xp, const
     }
 }
 
-// Columns [begin, end) (whole blocks) of dxp += dy·W for NT rows of dy, in
-// decoded order. Rows of W are taken four at a time so each dx vector is
-// loaded and stored once per four rows; every dx element still sums the rows
-// of W in order, one FMA each.
-AVX2_INLINE void gemv_backward(float *restrict dxp, const float *restrict dy, const qk_packed *w,
-                               int64_t begin, int64_t end, const int NT, const int kind) {
-    const int64_t in = w->cols, out = w->rows, B = w->block_size, bpr = in / B, len = end - begin;
-    const int64_t b0 = begin / B, b1 = end / B;
+// Rows [o, o + R) of W (R a constant: the loop over rows unrolls) over the
+// slice's blocks [b0, b1): dxp += dy[:, o..o+R) · W[o..o+R, slice], in decoded
+// order (dxp holds the slice, `len` floats per row of dy).
+AVX2_INLINE void backward_group(float *restrict dxp, const float *restrict dy, const qk_packed *w, int64_t o,
+                                int64_t b0, int64_t b1, const int NT, const int R, const int kind) {
+    const int64_t out = w->rows, B = w->block_size, bpr = w->cols / B, len = (b1 - b0) * B;
     const size_t bb = qk_block_bytes(w->type, w->block_size);
     const lut4 l = lut4_make(w->type);
     float d[4][STEP_BATCH];
-    for (int64_t o = 0; o < out; o += 4) {
-        const int R = out - o < 4 ? (int)(out - o) : 4;
-        for (int64_t b = b0; b < b1; b++) {
-            if ((b - b0) % STEP_BATCH == 0)
-                for (int r = 0; r < R; r++)
-                    qk_block_steps_avx2(d[r], w, (o + r) * bpr + b, b1 - b < STEP_BATCH ? b1 - b : STEP_BATCH);
-            __m256 s[4][QK_GEMV_MAX_N];  // [row][token]: dy · block step
-            const uint8_t *c[4];
+    for (int64_t b = b0; b < b1; b++) {
+        if ((b - b0) % STEP_BATCH == 0)
+            for (int r = 0; r < R; r++)
+                qk_block_steps_avx2(d[r], w, (o + r) * bpr + b, b1 - b < STEP_BATCH ? b1 - b : STEP_BATCH);
+        __m256 s[4][QK_GEMV_MAX_N];  // [row][token]: dy · block step
+        const uint8_t *c[4];
+        for (int r = 0; r < R; r++) {
+            for (int t = 0; t < NT; t++) s[r][t] = _mm256_set1_ps(dy[t * out + o + r] * d[r][(b - b0) % STEP_BATCH]);
+            c[r] = w->codes + (size_t)((o + r) * bpr + b) * bb;
+        }
+        float *db = dxp + (b - b0) * B;
+        for (int64_t u = 0; u < B; u += 32) {
+            __m256 v[QK_GEMV_MAX_N][4];
+            for (int t = 0; t < NT; t++)
+                for (int q = 0; q < 4; q++) v[t][q] = _mm256_loadu_ps(db + t * len + u + 8 * q);
             for (int r = 0; r < R; r++) {
-                for (int t = 0; t < NT; t++) s[r][t] = _mm256_set1_ps(dy[t * out + o + r] * d[r][(b - b0) % STEP_BATCH]);
-                c[r] = w->codes + (size_t)((o + r) * bpr + b) * bb;
-            }
-            float *db = dxp + (b * B - begin);
-            for (int64_t u = 0; u < B; u += 32) {
-                __m256 v[QK_GEMV_MAX_N][4];
+                __m256 f[4];
+                decode_unit(f, c[r], u, &l, kind);
                 for (int t = 0; t < NT; t++)
-                    for (int q = 0; q < 4; q++) v[t][q] = _mm256_loadu_ps(db + t * len + u + 8 * q);
-                for (int r = 0; r < R; r++) {
-                    __m256 f[4];
-                    decode_unit(f, c[r], u, &l, kind);
-                    for (int t = 0; t < NT; t++)
-                        for (int q = 0; q < 4; q++) v[t][q] = _mm256_fmadd_ps(s[r][t], f[q], v[t][q]);
-                }
-                for (int t = 0; t < NT; t++)
-                    for (int q = 0; q < 4; q++) _mm256_storeu_ps(db + t * len + u + 8 * q, v[t][q]);
+                    for (int q = 0; q < 4; q++) v[t][q] = _mm256_fmadd_ps(s[r][t], f[q], v[t][q]);
             }
+            for (int t = 0; t < NT; t++)
+                for (int q = 0; q < 4; q++) _mm256_storeu_ps(db + t * len + u + 8 * q, v[t][q]);
         }
     }
+}
+
+// Columns [begin, end) (whole blocks) of dxp += dy·W for NT rows of dy, rows
+// of W four at a time so each dx vector is loaded and stored once per four
+// rows; every dx element still sums the rows of W in order, one FMA each.
+AVX2_INLINE void gemv_backward(float *restrict dxp, const float *restrict dy, const qk_packed *w,
+                               int64_t begin, int64_t end, const int NT, const int kind) {
+    const int64_t B = w->block_size, b0 = begin / B, b1 = end / B;
+    int64_t o = 0;
+    for (; o + 4 <= w->rows; o += 4) backward_group(dxp, dy, w, o, b0, b1, NT, 4, kind);
+    for (; o < w->rows; o++) backward_group(dxp, dy, w, o, b0, b1, NT, 1, kind);
 }
 
 AVX2 static void gemv_forward_any(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,

@@ -82,47 +82,55 @@ AVX512_INLINE void forward_rows(float *restrict y, const float *restrict x, cons
 
 // dx[:, begin:end] += dy · W over whole blocks, rows of W four at a time
 // (each dx vector loaded and stored once per four rows, rows summed in order).
-AVX512_INLINE void backward_rows(float *restrict dx, const float *restrict dy, const qk_packed *w, int64_t begin,
-                                 int64_t end, const int NT) {
+// Rows [o, o + R) of W (R a constant: the loop over rows unrolls) over blocks
+// [b0, b1) of the slice: dx += dy[:, o..o+R) · W[o..o+R, slice].
+AVX512_INLINE void backward_group(float *restrict dx, const float *restrict dy, const qk_packed *w, int64_t o,
+                                  int64_t b0, int64_t b1, const int NT, const int R) {
     const int64_t in = w->cols, out = w->rows, B = w->block_size, h = B / 2, bpr = in / B;
-    const int64_t b0 = begin / B, b1 = end / B;
     const size_t bb = qk_block_bytes(w->type, w->block_size);
     const __m512 table = table_of(w->type);
     float d[4][STEPS];
-    for (int64_t o = 0; o < out; o += 4) {
-        const int R = out - o < 4 ? (int)(out - o) : 4;
-        for (int64_t b = b0; b < b1; b++) {
-            if ((b - b0) % STEPS == 0)
-                for (int r = 0; r < R; r++)
-                    qk_block_steps_avx2(d[r], w, (o + r) * bpr + b, b1 - b < STEPS ? b1 - b : STEPS);
-            float s[4][QK_GEMV512_MAX_N];  // dy · block step, broadcast when used
-            const uint8_t *c[4];
-            for (int r = 0; r < R; r++) {
-                for (int t = 0; t < NT; t++) s[r][t] = dy[t * out + o + r] * d[r][(b - b0) % STEPS];
-                c[r] = w->codes + (size_t)((o + r) * bpr + b) * bb;
+    for (int64_t b = b0; b < b1; b++) {
+        if ((b - b0) % STEPS == 0)
+            for (int r = 0; r < R; r++)
+                qk_block_steps_avx2(d[r], w, (o + r) * bpr + b, b1 - b < STEPS ? b1 - b : STEPS);
+        float s[4][QK_GEMV512_MAX_N];  // dy · block step, broadcast when used
+        const uint8_t *c[4];
+        for (int r = 0; r < R; r++) {
+            for (int t = 0; t < NT; t++) s[r][t] = dy[t * out + o + r] * d[r][(b - b0) % STEPS];
+            c[r] = w->codes + (size_t)((o + r) * bpr + b) * bb;
+        }
+        for (int64_t j = 0; j < h; j += 16) {
+            __m512 vlo[QK_GEMV512_MAX_N], vhi[QK_GEMV512_MAX_N];
+            for (int t = 0; t < NT; t++) {
+                vlo[t] = _mm512_loadu_ps(dx + t * in + b * B + j);
+                vhi[t] = _mm512_loadu_ps(dx + t * in + b * B + h + j);
             }
-            for (int64_t j = 0; j < h; j += 16) {
-                __m512 vlo[QK_GEMV512_MAX_N], vhi[QK_GEMV512_MAX_N];
+            for (int r = 0; r < R; r++) {
+                __m512 lo, hi;
+                decode16(&lo, &hi, c[r] + j, table);
                 for (int t = 0; t < NT; t++) {
-                    vlo[t] = _mm512_loadu_ps(dx + t * in + b * B + j);
-                    vhi[t] = _mm512_loadu_ps(dx + t * in + b * B + h + j);
+                    const __m512 st = _mm512_set1_ps(s[r][t]);
+                    vlo[t] = _mm512_fmadd_ps(st, lo, vlo[t]);
+                    vhi[t] = _mm512_fmadd_ps(st, hi, vhi[t]);
                 }
-                for (int r = 0; r < R; r++) {
-                    __m512 lo, hi;
-                    decode16(&lo, &hi, c[r] + j, table);
-                    for (int t = 0; t < NT; t++) {
-                        const __m512 st = _mm512_set1_ps(s[r][t]);
-                        vlo[t] = _mm512_fmadd_ps(st, lo, vlo[t]);
-                        vhi[t] = _mm512_fmadd_ps(st, hi, vhi[t]);
-                    }
-                }
-                for (int t = 0; t < NT; t++) {
-                    _mm512_storeu_ps(dx + t * in + b * B + j, vlo[t]);
-                    _mm512_storeu_ps(dx + t * in + b * B + h + j, vhi[t]);
-                }
+            }
+            for (int t = 0; t < NT; t++) {
+                _mm512_storeu_ps(dx + t * in + b * B + j, vlo[t]);
+                _mm512_storeu_ps(dx + t * in + b * B + h + j, vhi[t]);
             }
         }
     }
+}
+
+// dx[:, begin:end] += dy · W over whole blocks, rows of W four at a time
+// (each dx vector loaded and stored once per four rows, rows summed in order).
+AVX512_INLINE void backward_rows(float *restrict dx, const float *restrict dy, const qk_packed *w, int64_t begin,
+                                 int64_t end, const int NT) {
+    const int64_t B = w->block_size, b0 = begin / B, b1 = end / B;
+    int64_t o = 0;
+    for (; o + 4 <= w->rows; o += 4) backward_group(dx, dy, w, o, b0, b1, NT, 4);
+    for (; o < w->rows; o++) backward_group(dx, dy, w, o, b0, b1, NT, 1);
 }
 
 AVX512 void qk_gemv_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
