@@ -49,17 +49,17 @@ let package = Package(
         ),
 
         // Helpers shared by the test targets (fixture paths, comparisons, random data).
-        .target(name: "_TestSupport", dependencies: ["QLoRAStorage"], path: "Tests/_TestSupport"),
+        .target(name: "_TestSupport", dependencies: ["QLoRAStorage", "QLoRAModel"], path: "Tests/_TestSupport"),
         .testTarget(name: "CQLoRAKernelsTests", dependencies: ["CQLoRAKernels", "QLoRAStorage", "_TestSupport"]),
         .testTarget(name: "QLoRAStorageTests", dependencies: ["QLoRAStorage", "_TestSupport"]),
         // Depends on QLoRAKit for the embedded stories260K tokenizer and its fine-tuning texts.
         .testTarget(name: "QLoRATokenizerTests", dependencies: ["QLoRATokenizer", "QLoRAKit", "_TestSupport"]),
         .testTarget(name: "QLoRAModelTests", dependencies: ["QLoRAKit", "_TestSupport"]),
+        .testTarget(
+            name: "QLoRAComputeTests", dependencies: ["QLoRACompute", "CQLoRAKernels", "COpenBLAS", "_TestSupport"]),
         .testTarget(name: "QLoRATrainingTests", dependencies: ["QLoRATraining", "_TestSupport"]),
         .testTarget(name: "QLoRAPlotTests", dependencies: ["QLoRAPlot", "_TestSupport"]),
         // Depends on QLoRAKit for the embedded stories260K model and its fine-tuning set.
         .testTarget(name: "QLoRATrainerTests", dependencies: ["QLoRAKit", "_TestSupport"]),
-        .testTarget(
-            name: "QLoRAComputeTests", dependencies: ["QLoRACompute", "CQLoRAKernels", "COpenBLAS", "_TestSupport"]),
     ]
 )

@@ -45,10 +45,12 @@ public enum GenerationBenchmark {
         public var prefillTokensPerSecond: Double
         public var decodeTokens: Int
         public var decodeTokensPerSecond: Double
+        /// Streaming read bandwidth measured right after decoding (`KernelBenchmark.memoryBandwidth`).
+        public var readBandwidthBytesPerSecond: Double
         /// read bandwidth ÷ (weight + KV bytes per token)
         public var boundTokensPerSecond: Double
         public var fractionOfBound: Double
-        /// VmRSS and VmHWM after decoding (the peak includes writing the file).
+        /// VmRSS after decoding, and VmHWM from loading the model to then.
         public var residentBytes: Int?
         public var peakResidentBytes: Int?
         public var writeSeconds: Double
@@ -56,39 +58,34 @@ public enum GenerationBenchmark {
 
     public struct Report: Sendable, Codable {
         public var parameters: Int
+        public var cpu: String
+        /// The kernels' instruction set.
+        public var isa: String
         public var threads: Int
-        public var lastLevelCacheBytes: Int?
-        public var bandwidthBufferBytes: Int
-        /// Streaming read on all threads, best of several passes.
-        public var readBandwidthBytesPerSecond: Double
-        /// /proc/loadavg's 1-minute figure before the run: other work on the machine.
-        public var loadAverage: Double?
+        public var lastLevelCacheBytes: Int
+        /// /proc/loadavg's 1/5/15-minute figures before and after: other work on the machine.
+        public var loadAverageStart: String
+        public var loadAverageEnd: String
         public var cases: [Case]
     }
 
     /// Writes the models in a temporary folder (removed afterwards), then
     /// measures each. `log` gets a line per phase.
     public static func run(_ options: Options, log: (String) -> Void = { _ in }) throws -> Report {
-        let load = loadAverage()
-        let threads = ComputePool.shared.threadCount
-        let llc = lastLevelCacheBytes()
-        let bufferBytes = max(1 << 30, 4 * (llc ?? 0))
+        let kernels = KernelBenchmark(threads: ComputePool.shared.threadCount)
+        let machine = kernels.machine
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("qlora-bench-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let c = options.configuration
         var cases: [Case] = []
-        var bandwidth = 0.0
         for spec in options.specs {
             let url = directory.appendingPathComponent("\(spec.type)-\(spec.blockSize)-\(spec.scaleKind.rawValue).qlora")
             log("writing a random \(c.hiddenLayers)-layer model packed as \(spec)")
             let written = ContinuousClock.now
             try writeRandomModel(c, spec: spec, to: url, seed: options.seed)
             let writeSeconds = (ContinuousClock.now - written) / .seconds(1)
-            // Measured between the models, when nothing else of ours is running.
-            log("measuring read bandwidth over \(bufferBytes >> 20) MiB on \(threads) threads")
-            bandwidth = max(bandwidth, readBandwidth(bytes: bufferBytes, threads: threads))
-
+            resetPeakResidentMemory() // the peak then covers this model alone, not the buffer or the writing
             let loaded = try LoadedModel(contentsOf: url)
             let model = loaded.model
             var generator = SplitMix64(seed: options.seed)
@@ -99,7 +96,10 @@ public enum GenerationBenchmark {
             // The first passes fault the mapped pages in; they are not timed.
             _ = try model.generate(prompt: prompt, maxTokens: 3, sampler: &sampler, cache: cache)
             let result = try model.generate(prompt: prompt, maxTokens: options.decodeTokens + 1, sampler: &sampler, cache: cache)
-            let memory = ResidentMemory.now()
+            let memory = ResidentMemory.sample()
+            // Right after decoding, in the same state of the machine; the model is still mapped.
+            log("measuring read bandwidth on \(machine.threads) threads")
+            let bandwidth = kernels.memoryBandwidth()
 
             let weights = weightBytesPerToken(model)
             let meanPosition = options.promptTokens + options.decodeTokens / 2
@@ -108,14 +108,15 @@ public enum GenerationBenchmark {
             cases.append(Case(spec: spec.description, fileBytes: loaded.weightFileBytes, weightBytesPerToken: weights,
                               kvBytesPerToken: kv, prefillTokensPerSecond: result.promptTokensPerSecond,
                               decodeTokens: result.decodeSteps, decodeTokensPerSecond: result.decodeTokensPerSecond,
-                              boundTokensPerSecond: bound, fractionOfBound: result.decodeTokensPerSecond / bound,
-                              residentBytes: memory?.current, peakResidentBytes: memory?.peak, writeSeconds: writeSeconds))
+                              readBandwidthBytesPerSecond: bandwidth, boundTokensPerSecond: bound, fractionOfBound: result.decodeTokensPerSecond / bound,
+                              residentBytes: memory.current, peakResidentBytes: memory.peak, writeSeconds: writeSeconds))
             try? FileManager.default.removeItem(at: url)
         }
         let parameters = c.tensorInventory.filter { !(c.tieWordEmbeddings && $0.kind == .outputHead) }
             .reduce(0) { $0 + $1.shape.reduce(1, *) }
-        return Report(parameters: parameters, threads: threads, lastLevelCacheBytes: llc, bandwidthBufferBytes: bufferBytes,
-                      readBandwidthBytesPerSecond: bandwidth, loadAverage: load, cases: cases)
+        return Report(parameters: parameters, cpu: machine.cpu, isa: machine.isa, threads: machine.threads,
+                      lastLevelCacheBytes: machine.lastLevelCacheBytes,
+                      loadAverageStart: machine.loadAverage, loadAverageEnd: KernelBenchmark.loadAverage(), cases: cases)
     }
 
     /// Bytes of weights a single-token forward pass reads: every projection's
@@ -154,71 +155,10 @@ public enum GenerationBenchmark {
         }
         try writer.finish()
     }
-
-    /// Bytes per second of a streaming read of a `bytes` buffer, split across
-    /// `threads`: the best of three passes after one that warms up.
-    public static func readBandwidth(bytes: Int, threads: Int) -> Double {
-        let count = bytes / MemoryLayout<SIMD16<Float>>.stride
-        let buffer = UnsafeMutablePointer<SIMD16<Float>>.allocate(capacity: count)
-        defer { buffer.deallocate() }
-        buffer.initialize(repeating: SIMD16(repeating: 1), count: count) // touch every page first
-        let base = UncheckedPointer(buffer)
-        var best = 0.0
-        for pass in 0..<4 {
-            let sums = UnsafeMutableBufferPointer<Float>.allocate(capacity: threads)
-            defer { sums.deallocate() }
-            let out = UncheckedPointer(sums.baseAddress!)
-            let start = ContinuousClock.now
-            DispatchQueue.concurrentPerform(iterations: threads) { t in
-                let range = (count * t / threads)..<(count * (t + 1) / threads)
-                out.pointer[t] = sum(base.pointer + range.lowerBound, count: range.count)
-            }
-            let seconds = (ContinuousClock.now - start) / .seconds(1)
-            // The sums are read so the loads cannot be optimized away.
-            if pass > 0 && sums.reduce(0, +).isFinite { best = max(best, Double(count * 64) / seconds) }
-        }
-        return best
-    }
-
-    /// Σ of n vectors with four independent accumulators, so loads stream.
-    private static func sum(_ p: UnsafePointer<SIMD16<Float>>, count n: Int) -> Float {
-        var a = SIMD16<Float>(), b = a, c = a, d = a
-        var i = 0
-        while i + 4 <= n {
-            a += p[i]
-            b += p[i + 1]
-            c += p[i + 2]
-            d += p[i + 3]
-            i += 4
-        }
-        while i < n {
-            a += p[i]
-            i += 1
-        }
-        return (a + b + c + d).sum()
-    }
-
-    /// The last-level cache's size from sysfs (Linux), nil elsewhere.
-    static func lastLevelCacheBytes() -> Int? {
-        let root = "/sys/devices/system/cpu/cpu0/cache"
-        let levels = (try? FileManager.default.contentsOfDirectory(atPath: root))?.filter { $0.hasPrefix("index") } ?? []
-        let sizes = levels.compactMap { index -> Int? in
-            guard let text = try? String(contentsOfFile: "\(root)/\(index)/size", encoding: .utf8) else { return nil }
-            let s = text.trimmingCharacters(in: .whitespacesAndNewlines)
-            let unit = s.last.map { ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30][String($0)] ?? 1 } ?? 1
-            return Int(s.filter(\.isNumber)).map { $0 * unit }
-        }
-        return sizes.max()
-    }
-
-    static func loadAverage() -> Double? {
-        (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first.flatMap { Double($0) }
-    }
 }
 
-/// A pointer that threads of one synchronous parallel call share, each
-/// touching its own part.
-private struct UncheckedPointer<T>: @unchecked Sendable {
-    let pointer: UnsafeMutablePointer<T>
-    init(_ pointer: UnsafeMutablePointer<T>) { self.pointer = pointer }
+/// Restarts VmHWM from the current resident size (Linux: "5" to clear_refs),
+/// so the next sample's peak covers only what ran since.
+private func resetPeakResidentMemory() {
+    try? Data("5".utf8).write(to: URL(fileURLWithPath: "/proc/self/clear_refs"))
 }

@@ -27,62 +27,28 @@ extension LlamaModel {
 
     /// Loads a PEFT LoRA adapter folder (adapter_config.json and
     /// adapter_model.safetensors with keys
-    /// "base_model.model.<module>.lora_A.weight" / ".lora_B.weight") and
-    /// attaches it, replacing any adapters attached before. The modules come
-    /// from the file's keys; lora_dropout is kept for training on.
+    /// "base_model.model.<module>.lora_A.weight" / ".lora_B.weight", read by
+    /// `PEFTAdapter`) and attaches it, replacing any adapters attached before.
+    /// The modules come from the file's keys; lora_dropout and
+    /// layers_to_transform are kept in the configuration, for training on.
     @discardableResult
     public func loadLoRA(directory: URL) throws -> LoRAConfiguration {
-        let configURL = directory.appendingPathComponent("adapter_config.json")
-        let object: [String: Any]
-        do {
-            object = try JSONSerialization.jsonObject(with: Data(contentsOf: configURL)) as? [String: Any] ?? [:]
-        } catch {
-            throw ModelError.invalidAdapter(configURL, reason: "cannot read the adapter configuration (\(error.localizedDescription))")
-        }
-        func fail(_ reason: String) -> ModelError { ModelError.invalidAdapter(configURL, reason: reason) }
-        guard (object["peft_type"] as? String ?? "LORA") == "LORA" else { throw fail("peft_type \(object["peft_type"]!) is not LORA") }
-        guard let rank = object["r"] as? Int, rank > 0 else { throw fail("r is missing or not a positive integer") }
-        guard let alpha = (object["lora_alpha"] as? NSNumber)?.floatValue else { throw fail("lora_alpha is missing") }
-        for flag in ["use_dora", "fan_in_fan_out", "lora_bias"] where object[flag] as? Bool == true {
-            throw fail("\(flag) = true is not supported")
-        }
-        if let bias = object["bias"] as? String, bias != "none" { throw fail("bias \"\(bias)\" is not supported (only \"none\")") }
-        for pattern in ["rank_pattern", "alpha_pattern"] where !((object[pattern] as? [String: Any])?.isEmpty ?? true) {
-            throw fail("per-module \(pattern) is not supported")
-        }
-        let useRSLoRA = object["use_rslora"] as? Bool ?? false
-        let dropout = (object["lora_dropout"] as? NSNumber)?.floatValue ?? 0
-        guard (0..<1).contains(dropout) else { throw fail("lora_dropout \(dropout) is outside [0, 1)") }
-        let layers = (object["layers_to_transform"] as? Int).map { [$0] } ?? object["layers_to_transform"] as? [Int]
-
-        let file = try SafetensorsFile(url: directory.appendingPathComponent("adapter_model.safetensors"))
-        let prefix = "base_model.model."
-        var modules: [String] = []
-        for info in file.tensors {
-            let name = info.name
-            guard name.hasPrefix(prefix), name.hasSuffix(".lora_A.weight") || name.hasSuffix(".lora_B.weight") else {
-                throw ModelError.invalidAdapter(file.url, reason: "tensor \"\(name)\" is not a LoRA A/B weight (base_model.model.<module>.lora_A.weight)")
-            }
-            let module = String(name.dropFirst(prefix.count).dropLast(".lora_A.weight".count))
-            if !modules.contains(module) { modules.append(module) }
-        }
+        let adapter = try PEFTAdapter(directory: directory)
+        let file = adapter.weights
+        let configuration = adapter.configuration
         let byName = Dictionary(uniqueKeysWithValues: projections.map { ($0.name, $0) })
-        let targets = try modules.map { module in
+        let targets = try adapter.modules.map { module in
             guard let p = byName[module] else {
                 throw ModelError.invalidAdapter(file.url, reason: "module \"\(module)\" is not a projection of this model")
             }
             return p
         }
-        guard !targets.isEmpty else { throw ModelError.invalidAdapter(file.url, reason: "the file holds no LoRA tensors") }
-        let configuration = LoRAConfiguration(rank: rank, alpha: alpha,
-                                              targetModules: Array(Set(modules.map { String($0.split(separator: ".").last!) })).sorted(),
-                                              useRSLoRA: useRSLoRA, dropout: dropout, layers: layers)
         // Read and check everything before replacing the current adapters.
         var values: [(name: String, data: [Float])] = []
         for p in targets {
             let names = LoRAConfiguration.tensorNames(module: p.name)
-            for (name, shape) in [(names.a, [rank, p.inFeatures]), (names.b, [p.outFeatures, rank])] {
-                let key = prefix + name
+            let keys = adapter.keys(module: p.name)
+            for (name, key, shape) in [(names.a, keys.a, [configuration.rank, p.inFeatures]), (names.b, keys.b, [p.outFeatures, configuration.rank])] {
                 let info = try file.info(key)
                 guard info.shape == shape else { throw ModelError.shapeMismatch(file.url, tensor: key, expected: shape, found: info.shape) }
                 values.append((name, try file.floats(key)))

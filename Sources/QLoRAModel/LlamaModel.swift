@@ -14,6 +14,9 @@ import QLoRAStorage
 /// projection's input into the adapters' gradients; the embedding, norms and
 /// base weights get none.
 ///
+/// Inference (generation, evaluation) runs through `forward(_:cache:logits:)`
+/// with a `KVCache` instead, which keeps no training caches.
+///
 /// Not thread-safe: one forward/backward at a time (each one uses all cores).
 public final class LlamaModel {
     public let configuration: LlamaConfiguration

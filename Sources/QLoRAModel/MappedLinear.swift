@@ -2,10 +2,10 @@ import COpenBLAS
 import QLoRACompute
 import QLoRAStorage
 
-/// A frozen fp32 linear map whose weight W [out, in] is a `FloatTensor`: an
-/// F32 tensor of a packed checkpoint viewed in place in the mapped file (an
-/// output head kept unquantized), so loading it copies nothing. `DenseLinear`
-/// is the same product over an array.
+/// A frozen fp32 linear map whose weight W [out, in] is a `FloatTensor` of a
+/// packed checkpoint (an output head kept unquantized): an F32 tensor is a
+/// view into the mapped file, so loading it copies nothing; F16/BF16 ones
+/// come converted. `DenseLinear` is the same product over an array.
 public struct MappedLinear: FrozenLinear {
     public let inFeatures: Int
     public let outFeatures: Int

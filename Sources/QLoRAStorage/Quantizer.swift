@@ -29,7 +29,7 @@ public struct QuantizeOptions: Hashable, Sendable {
     }
 }
 
-/// Where a running quantization is.
+/// Where a running quantization (or merge) is.
 public struct QuantizeProgress: Sendable {
     public var tensor: String
     /// 1-based position of `tensor` among `tensorCount`.
@@ -38,10 +38,18 @@ public struct QuantizeProgress: Sendable {
     /// Source bytes processed so far, of `bytesTotal`.
     public var bytesDone: Int
     public var bytesTotal: Int
+
+    public init(tensor: String, tensorIndex: Int, tensorCount: Int, bytesDone: Int, bytesTotal: Int) {
+        self.tensor = tensor
+        self.tensorIndex = tensorIndex
+        self.tensorCount = tensorCount
+        self.bytesDone = bytesDone
+        self.bytesTotal = bytesTotal
+    }
 }
 
 /// What a quantization produced and how much it cost in accuracy.
-public struct QuantizeSummary: Sendable, Codable {
+public struct QuantizeSummary: Sendable, Encodable {
     public struct Tensor: Sendable, Codable {
         public var name: String
         /// "nf4/64/dq8", or the floating type it was kept in.
@@ -82,6 +90,26 @@ public struct QuantizeSummary: Sendable, Codable {
     private static func bits(_ ts: [Tensor]) -> Double {
         let n = ts.reduce(0) { $0 + $1.parameters }
         return n == 0 ? 0 : Double(ts.reduce(0) { $0 + $1.payloadBytes } * 8) / Double(n)
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case output, spec, tensors, skipped, sourceBytes, fileBytes, error
+        case bitsPerWeight, quantizedBitsPerWeight
+    }
+
+    // The two bit rates are derived, but they are what a user of `quantize --json`
+    // looks for first, so they are written out too (and ignored when decoding).
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(output, forKey: .output)
+        try c.encode(spec, forKey: .spec)
+        try c.encode(tensors, forKey: .tensors)
+        try c.encode(skipped, forKey: .skipped)
+        try c.encode(sourceBytes, forKey: .sourceBytes)
+        try c.encode(fileBytes, forKey: .fileBytes)
+        try c.encode(error, forKey: .error)
+        try c.encode(bitsPerWeight, forKey: .bitsPerWeight)
+        try c.encode(quantizedBitsPerWeight, forKey: .quantizedBitsPerWeight)
     }
 }
 

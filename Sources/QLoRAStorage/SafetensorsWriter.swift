@@ -4,20 +4,32 @@
 // header is padded with spaces to a multiple of 8 bytes, and tensors are laid out
 // by decreasing element size, then by name, so every tensor is aligned to its
 // element size and the bytes depend only on the tensors and metadata given.
-// The file appears whole or not at all (AtomicFileWriter).
+// The file appears whole or not at all (AtomicFileWriter). Tensors are either
+// held in memory or produced while the file is written, one at a time, so a
+// merged checkpoint never has to be in memory whole.
 
 import Foundation
 
-/// Collects tensors in memory and writes them as one safetensors file.
+/// Collects tensors (in memory, or producers of their bytes) and writes them as
+/// one safetensors file.
 public struct SafetensorsWriter: Sendable {
     /// The `__metadata__` strings (written with sorted keys; omitted when empty).
     public var metadata: [String: String]
     private var tensors: [String: Tensor] = [:]
 
+    /// Receives a produced tensor's bytes, a piece at a time.
+    public typealias Emit = (UnsafeRawBufferPointer) throws -> Void
+
     private struct Tensor: Sendable {
         var dtype: TensorDType
         var shape: [Int]
-        var bytes: [UInt8]
+        var byteCount: Int
+        var contents: Contents
+    }
+
+    private enum Contents: Sendable {
+        case bytes([UInt8])
+        case produced(@Sendable (Emit) throws -> Void)
     }
 
     public init(metadata: [String: String] = [:]) {
@@ -37,13 +49,31 @@ public struct SafetensorsWriter: Sendable {
     /// - Throws: `SafetensorsWriterError` when the name is taken or reserved, or
     ///   the byte count is not product(shape) · dtype size.
     public mutating func add(_ name: String, dtype: TensorDType, shape: [Int], bytes: some Collection<UInt8>) throws {
-        guard name != "__metadata__" else { throw SafetensorsWriterError.reservedName(name) }
-        guard tensors[name] == nil else { throw SafetensorsWriterError.duplicateName(name) }
-        guard let expected = dtype.byteCount(shape: shape) else { throw SafetensorsWriterError.invalidShape(name, shape: shape) }
+        let expected = try checkedByteCount(name, dtype: dtype, shape: shape)
         guard bytes.count == expected else {
             throw SafetensorsWriterError.sizeMismatch(name, dtype: dtype, shape: shape, expected: expected, found: bytes.count)
         }
-        tensors[name] = Tensor(dtype: dtype, shape: shape, bytes: Array(bytes))
+        tensors[name] = Tensor(dtype: dtype, shape: shape, byteCount: expected, contents: .bytes(Array(bytes)))
+    }
+
+    /// Adds a tensor whose bytes are made only while `write(to:)` runs: `producer`
+    /// is called once, in layout order, and passes the tensor's little-endian bytes
+    /// to the `Emit` it is given, in pieces of any size. Only the tensor being
+    /// produced then needs to be in memory.
+    /// - Throws: `SafetensorsWriterError` when the name is taken or reserved or the
+    ///   shape invalid. `write(to:)` throws `.sizeMismatch` if the producer emits
+    ///   another byte count, and passes on what the producer throws.
+    public mutating func add(_ name: String, dtype: TensorDType, shape: [Int],
+                             producer: @escaping @Sendable (_ emit: Emit) throws -> Void) throws {
+        let expected = try checkedByteCount(name, dtype: dtype, shape: shape)
+        tensors[name] = Tensor(dtype: dtype, shape: shape, byteCount: expected, contents: .produced(producer))
+    }
+
+    private func checkedByteCount(_ name: String, dtype: TensorDType, shape: [Int]) throws -> Int {
+        guard name != "__metadata__" else { throw SafetensorsWriterError.reservedName(name) }
+        guard tensors[name] == nil else { throw SafetensorsWriterError.duplicateName(name) }
+        guard let expected = dtype.byteCount(shape: shape) else { throw SafetensorsWriterError.invalidShape(name, shape: shape) }
+        return expected
     }
 
     /// Adds an F32 tensor.
@@ -65,8 +95,8 @@ public struct SafetensorsWriter: Sendable {
         for name in order {
             let t = tensors[name]!
             let shape = t.shape.map(String.init).joined(separator: ",")
-            fields.append("\(Self.quoted(name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(offset + t.bytes.count)]}")
-            offset += t.bytes.count
+            fields.append("\(Self.quoted(name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(offset + t.byteCount)]}")
+            offset += t.byteCount
         }
         header += fields.joined(separator: ",") + "}"
         var headerBytes = Array(header.utf8)
@@ -76,7 +106,22 @@ public struct SafetensorsWriter: Sendable {
         var length = UInt64(headerBytes.count).littleEndian
         try withUnsafeBytes(of: &length) { try out.write($0) }
         try out.write(headerBytes)
-        for name in order { try out.write(tensors[name]!.bytes) }
+        for name in order {
+            let t = tensors[name]!
+            switch t.contents {
+            case let .bytes(bytes):
+                try out.write(bytes)
+            case let .produced(producer):
+                var emitted = 0
+                let mismatch = { SafetensorsWriterError.sizeMismatch(name, dtype: t.dtype, shape: t.shape, expected: t.byteCount, found: emitted) }
+                try producer { piece in
+                    emitted += piece.count
+                    guard emitted <= t.byteCount else { throw mismatch() }
+                    try out.write(piece)
+                }
+                guard emitted == t.byteCount else { throw mismatch() }
+            }
+        }
         try out.commit()
     }
 
@@ -106,7 +151,7 @@ public enum SafetensorsWriterError: Error, LocalizedError, Equatable {
     case reservedName(String)
     /// A dimension is negative, or the byte size overflows.
     case invalidShape(String, shape: [Int])
-    /// The bytes given are not product(shape) · dtype size.
+    /// The bytes given (or produced) are not product(shape) · dtype size.
     case sizeMismatch(String, dtype: TensorDType, shape: [Int], expected: Int, found: Int)
 
     public var errorDescription: String? {

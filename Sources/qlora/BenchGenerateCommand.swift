@@ -50,14 +50,14 @@ struct BenchGenerateCommand: ParsableCommand {
             print()
             return
         }
-        print(String(format: "model: %.2fB parameters; %d threads; read bandwidth %.2f GB/s (%@ buffer, LLC %@); load average %@",
-                     Double(report.parameters) / 1e9, report.threads, report.readBandwidthBytesPerSecond / 1e9,
-                     Format.bytes(report.bandwidthBufferBytes), report.lastLevelCacheBytes.map(Format.bytes) ?? "unknown",
-                     report.loadAverage.map { String(format: "%.2f", $0) } ?? "unknown"))
+        print(String(format: "model: %.2fB parameters; %@, %d threads, kernels %@, LLC %@; load average %@ at start, %@ at end",
+                     Double(report.parameters) / 1e9, report.cpu, report.threads, report.isa,
+                     Format.bytes(report.lastLevelCacheBytes), report.loadAverageStart, report.loadAverageEnd))
         for c in report.cases {
-            print(String(format: "%@: file %@, %@ read per token; prefill %.1f tokens/s; decode %.2f tokens/s of a %.2f bound (%.0f%%); VmRSS %@, VmHWM %@",
+            print(String(format: "%@: file %@, %@ read per token; prefill %.1f tokens/s; decode %.2f tokens/s of a %.2f bound at %.1f GB/s (%.0f%%); VmRSS %@, VmHWM %@",
                          c.spec, Format.bytes(c.fileBytes), Format.bytes(c.weightBytesPerToken + c.kvBytesPerToken),
-                         c.prefillTokensPerSecond, c.decodeTokensPerSecond, c.boundTokensPerSecond, 100 * c.fractionOfBound,
+                         c.prefillTokensPerSecond, c.decodeTokensPerSecond, c.boundTokensPerSecond,
+                         c.readBandwidthBytesPerSecond / 1e9, 100 * c.fractionOfBound,
                          c.residentBytes.map(Format.bytes) ?? "?", c.peakResidentBytes.map(Format.bytes) ?? "?"))
         }
     }

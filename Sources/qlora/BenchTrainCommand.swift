@@ -49,7 +49,7 @@ struct BenchTrainCommand: ParsableCommand {
     func run() throws {
         let loaded = try LoadedModel(contentsOf: URL(fileURLWithPath: model))
         let llama = loaded.model
-        let afterLoad = QLoRAKit.ResidentMemory.now()
+        let afterLoad = ResidentMemory.sample()
         let lora = LoRAConfiguration(rank: rank, alpha: Float(2 * rank))
         let estimate = Trainer.memoryPlan(model: llama, configuration: TrainingConfiguration(
             lora: lora, batchSize: batch, gradientCheckpointing: gradCheckpoint), sequenceLength: length).estimate()
@@ -78,13 +78,13 @@ struct BenchTrainCommand: ParsableCommand {
             }
         }
         let median = times.sorted()[times.count / 2]
-        let memory = QLoRAKit.ResidentMemory.now()
+        let memory = ResidentMemory.sample()
         let record: [String: Any] = [
             "model": loaded.url.path, "format": loaded.format.rawValue, "base": TrainingReporter.packedSpec(llama) ?? "fp32",
             "batch": batch, "length": length, "rank": rank, "gradient_checkpointing": gradCheckpoint,
             "trainable_parameters": optimizer.parameters.count, "step_seconds": times, "median_step_seconds": median,
             "tokens_per_second": Double(n) / median, "losses": losses,
-            "rss_after_load_bytes": afterLoad?.current ?? NSNull(), "peak_rss_bytes": memory?.peak ?? NSNull(),
+            "rss_after_load_bytes": afterLoad.current ?? NSNull(), "peak_rss_bytes": memory.peak ?? NSNull(),
             "memory_estimate_bytes": estimate.total,
             "threads": ProcessInfo.processInfo.activeProcessorCount,
             "load_average": (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first.map(String.init) ?? NSNull(),
@@ -95,7 +95,7 @@ struct BenchTrainCommand: ParsableCommand {
         } else {
             print(String(format: "%@ base, batch %d × %d, LoRA r=%d (%d parameters): median step %.3f s, %.0f tokens/s, peak RSS %@ (estimate %@)",
                          TrainingReporter.packedSpec(llama) ?? "fp32", batch, length, rank, optimizer.parameters.count, median,
-                         Double(n) / median, memory.map { Format.bytes($0.peak) } ?? "unknown", Format.bytes(estimate.total)))
+                         Double(n) / median, memory.peak.map(Format.bytes) ?? "unknown", Format.bytes(estimate.total)))
         }
     }
 }

@@ -85,7 +85,7 @@ struct GenerateCommand: ParsableCommand {
     }
 
     private func logMemory(_ when: String) {
-        guard let memory = ResidentMemory.now() else { return log("resident memory: unavailable (no /proc)") }
-        log("resident memory \(when): VmRSS \(Format.bytes(memory.current)), VmHWM \(Format.bytes(memory.peak))")
+        let memory = ResidentMemory.sample()
+        log("resident memory \(when): VmRSS \(memory.current.map(Format.bytes) ?? "unknown"), VmHWM \(memory.peak.map(Format.bytes) ?? "unknown")")
     }
 }

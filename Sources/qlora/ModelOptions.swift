@@ -13,7 +13,13 @@ struct ModelOptions: ParsableArguments {
     /// The model with the adapter attached.
     func load() throws -> LoadedModel {
         let loaded = try LoadedModel(contentsOf: URL(fileURLWithPath: model))
-        if let adapter { try loaded.model.loadLoRA(directory: URL(fileURLWithPath: adapter)) }
+        if let adapter {
+            do {
+                try loaded.model.loadLoRA(directory: URL(fileURLWithPath: adapter))
+            } catch let error as ModelError {
+                throw ValidationFailure("the adapter \(adapter) does not fit the model \(model) (made for another base?): \(error.localizedDescription)")
+            }
+        }
         return loaded
     }
 }

@@ -41,21 +41,14 @@ struct QuantizeCommand: ParsableCommand {
     var json = false
 
     func validate() throws {
-        guard QuantType(rawValue: type) != nil else {
-            throw ValidationError("--type must be one of \(QuantType.allCases.map(\.rawValue).joined(separator: ", ")), not \(type)")
-        }
-        guard QuantSpec.blockSizes.contains(blockSize) else {
-            throw ValidationError("--block-size must be one of \(QuantSpec.blockSizes.map(String.init).joined(separator: ", ")), not \(blockSize)")
-        }
-        if doubleQuant && fp16Scales {
-            throw ValidationError("--double-quant and --fp16-scales are two ways to store the scales; choose one")
-        }
+        _ = try options
     }
 
     var options: QuantizeOptions {
-        let kind: ScaleKind = doubleQuant ? .dq8 : fp16Scales ? .f16 : .f32
-        return QuantizeOptions(spec: QuantSpec(type: QuantType(rawValue: type)!, blockSize: blockSize, scaleKind: kind),
-                               quantizeEmbeddings: quantizeEmbeddings, compress: compress, allowNonFinite: allowNonFinite)
+        get throws {
+            QuantizeOptions(spec: try quantSpec(type: type, blockSize: blockSize, doubleQuant: doubleQuant, fp16Scales: fp16Scales),
+                            quantizeEmbeddings: quantizeEmbeddings, compress: compress, allowNonFinite: allowNonFinite)
+        }
     }
 
     func run() throws {
@@ -64,19 +57,9 @@ struct QuantizeCommand: ParsableCommand {
         do {
             defer { line.finish() }
             summary = try Quantizer.quantize(modelDirectory: URL(fileURLWithPath: modelDirectory),
-                                             output: URL(fileURLWithPath: output), options: options) { p in
-                line.update(done: p.bytesDone, total: p.bytesTotal, label: "\(p.tensorIndex)/\(p.tensorCount) \(p.tensor)")
-            }
+                                             output: URL(fileURLWithPath: output), options: options, progress: line.update)
         }
-        if json {
-            let encoder = JSONEncoder()
-            encoder.keyEncodingStrategy = .convertToSnakeCase
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            FileHandle.standardOutput.write(try encoder.encode(summary))
-            print()
-        } else {
-            print(Self.text(summary))
-        }
+        try printSummary(summary, json: json) { Self.text(summary) }
     }
 
     static func text(_ s: QuantizeSummary) -> String {

@@ -1,4 +1,5 @@
 import COpenBLAS
+import Foundation
 import CQLoRAKernels
 import QLoRACompute
 import QLoRAStorage
@@ -20,8 +21,9 @@ let allSpecs: [QuantSpec] = QuantType.allCases.flatMap { type in
 
 /// (out, in): aligned rows, rows straddling blocks, a single short row.
 let awkwardShapes = [(37, 512), (19, 100), (5, 33)]
-/// 1..4 take the fused decode path, 5 and 17 the tiled one.
-let batchSizes = [1, 3, 4, 5, 17]
+/// Around the path switches: fused decode up to 4 rows (AVX2) or 8 (AVX-512,
+/// 4-bit types), the tiled GEMM above.
+let batchSizes = [1, 3, 4, 5, 8, 9, 17]
 
 /// ‖a − b‖ / ‖b‖ in double precision.
 func relativeError(_ a: [Float], _ b: [Float]) -> Double {
@@ -98,6 +100,23 @@ struct PackedCase {
     }
 }
 
+/// Guards the process-wide switch of the AVX-512 sub-path: tests that flip it
+/// and tests that compare bits across calls must not interleave.
+enum KernelVariant {
+    static let lock = NSLock()
+
+    /// Runs `body` with the AVX-512 sub-path off, then on (where the CPU has it).
+    static func both(_ body: (String) throws -> Void) rethrows {
+        try lock.withLock {
+            defer { qk_matmul_allow_avx512(1) }
+            for allow: Int32 in [0, 1] {
+                qk_matmul_allow_avx512(allow)
+                try body(allow == 0 ? "avx2" : "avx512 if available")
+            }
+        }
+    }
+}
+
 @Suite struct MatmulKernelTests {
     static let tolerance = 1e-5
 
@@ -110,11 +129,13 @@ struct PackedCase {
                 let x = rng.gaussian(count: n * cols), dy = rng.gaussian(count: n * rows)
                 let label = "\(spec) \(rows)x\(cols) n=\(n)"
                 let yRef = c.forward(x, n: n, slices: 1, reference: true)
-                let y = c.forward(x, n: n, slices: 3, reference: false)
-                #expect(relativeError(y, yRef) < Self.tolerance, "forward \(label)")
                 let dxRef = c.backward(dy, n: n, slices: 1, reference: true)
-                let dx = c.backward(dy, n: n, slices: 3, reference: false)
-                #expect(relativeError(dx, dxRef) < Self.tolerance, "backward \(label)")
+                KernelVariant.both { variant in
+                    let y = c.forward(x, n: n, slices: 3, reference: false)
+                    #expect(relativeError(y, yRef) < Self.tolerance, "forward \(label) \(variant)")
+                    let dx = c.backward(dy, n: n, slices: 3, reference: false)
+                    #expect(relativeError(dx, dxRef) < Self.tolerance, "backward \(label) \(variant)")
+                }
             }
         }
     }
@@ -168,11 +189,13 @@ struct PackedCase {
         let c = try PackedCase(QuantSpec(type: .nf4, blockSize: 32, scaleKind: .f16), rows: 70, cols: 256, seed: 5)
         var rng = SeededGenerator(seed: 6)
         let x = rng.gaussian(count: n * 256), dy = rng.gaussian(count: n * 70)
-        let y1 = c.forward(x, n: n, slices: 1, reference: false)
-        let dx1 = c.backward(dy, n: n, slices: 1, reference: false)
-        for slices in [2, 3, 5] {
-            #expect(c.forward(x, n: n, slices: slices, reference: false) == y1)
-            #expect(c.backward(dy, n: n, slices: slices, reference: false) == dx1)
+        KernelVariant.both { variant in
+            let y1 = c.forward(x, n: n, slices: 1, reference: false)
+            let dx1 = c.backward(dy, n: n, slices: 1, reference: false)
+            for slices in [2, 3, 5] {
+                #expect(c.forward(x, n: n, slices: slices, reference: false) == y1, "\(variant)")
+                #expect(c.backward(dy, n: n, slices: slices, reference: false) == dx1, "\(variant)")
+            }
         }
     }
 
@@ -183,9 +206,11 @@ struct PackedCase {
         var rng = SeededGenerator(seed: 10)
         let dy = rng.gaussian(count: n * rows), base = rng.gaussian(count: n * cols)
         let plain = c.backward(dy, n: n, slices: 2, reference: true)
-        let summed = c.backward(dy, n: n, slices: 2, reference: false, into: base)
         let expected = zip(plain, base).map { $0 + $1 }
-        #expect(relativeError(summed, expected) < Self.tolerance)
+        KernelVariant.both { variant in
+            let summed = c.backward(dy, n: n, slices: 2, reference: false, into: base)
+            #expect(relativeError(summed, expected) < Self.tolerance, "\(variant)")
+        }
     }
 
     /// The span decoder behind the tiles reproduces the codec reference bit for

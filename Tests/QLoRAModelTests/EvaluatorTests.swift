@@ -84,15 +84,14 @@ import _TestSupport
 /// Data files and adapters that do not fit the model, each refused with the
 /// file (and line) named.
 @Suite struct BadInputTests {
-    let directory: URL
+    let directory: TemporaryDirectory
 
     init() throws {
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("bad-input-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        directory = try TemporaryDirectory("bad-input")
     }
 
     func file(_ name: String, _ text: String) throws -> URL {
-        let url = directory.appendingPathComponent(name)
+        let url = directory.appending(name)
         try text.write(to: url, atomically: true, encoding: .utf8)
         return url
     }
@@ -102,12 +101,14 @@ import _TestSupport
     }
 
     @Test func dataFormsAreReadAsDocumented() throws {
+        defer { directory.remove() }
         let lines = try file("data.jsonl", "{\"input_ids\": [1, 403, 407]}\n\n{\"text\": \"Once upon a time\"}\n")
         #expect(try load(lines) == [[1, 403, 407], [1, 403, 407, 261, 378]])
         #expect(try load(try file("data.txt", "Once upon a time")) == [[1, 403, 407, 261, 378]])
     }
 
     @Test func tokenIDsOutsideTheVocabularyNameTheFileAndLine() throws {
+        defer { directory.remove() }
         let url = try file("ids.jsonl", "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2, 9999]}\n")
         let error = #expect(throws: EvaluationDataError.tokenOutOfVocabulary(url, line: 2, index: 2, token: 9999, vocabularySize: 512)) {
             try load(url)
@@ -116,6 +117,7 @@ import _TestSupport
     }
 
     @Test func malformedLinesNameTheFileAndLine() throws {
+        defer { directory.remove() }
         let url = try file("bad.jsonl", "{\"text\": \"a\"}\n{\"text\": \"b\"\n")
         #expect(throws: EvaluationDataError.invalidLine(url, line: 2, reason: "not a JSON object")) { try load(url) }
         let other = try file("other.jsonl", "{\"prompt\": \"a\"}\n")
@@ -125,6 +127,7 @@ import _TestSupport
     }
 
     @Test func tooFewTokensIsAClearError() throws {
+        defer { directory.remove() }
         let one = try file("one.jsonl", "{\"input_ids\": [5]}\n{\"input_ids\": []}\n")
         #expect(throws: EvaluationDataError.tooFewTokens(one, tokens: 1, sequences: 2)) { try load(one) }
         let empty = try file("empty.txt", "") // BOS alone
@@ -134,6 +137,7 @@ import _TestSupport
     /// tiny-llama's adapter on stories260K: same module names, other shapes;
     /// then one naming a layer stories260K does not have.
     @Test func adaptersForAnotherBaseAreRefused() throws {
+        defer { directory.remove() }
         let model = try PackedModelTests.packed(EmbeddedModel.directory, PackedModelTests.nf4).model
         let adapter = Reference.tinyLlama.appendingPathComponent("adapter")
         let weights = adapter.appendingPathComponent("adapter_model.safetensors")
@@ -141,7 +145,7 @@ import _TestSupport
                                                  expected: [8, 172], found: [8, 352])) {
             try model.loadLoRA(directory: adapter)
         }
-        let folder = directory.appendingPathComponent("adapter")
+        let folder = directory.appending("adapter")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         try FileManager.default.copyItem(at: adapter.appendingPathComponent("adapter_config.json"),
                                          to: folder.appendingPathComponent("adapter_config.json"))

@@ -8,8 +8,9 @@ import _TestSupport
     /// Quantizes `folder` into a temporary packed file and opens it. The file
     /// is deleted at once: the model's views keep the mapping alive.
     static func packed(_ folder: URL, _ options: QuantizeOptions) throws -> LoadedModel {
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("packed-\(UUID().uuidString).qlora")
-        defer { try? FileManager.default.removeItem(at: url) }
+        let directory = try TemporaryDirectory("packed")
+        defer { directory.remove() }
+        let url = directory.appending("model.qlora")
         _ = try Quantizer.quantize(modelDirectory: folder, output: url, options: options)
         return try LoadedModel(contentsOf: url)
     }
@@ -63,6 +64,22 @@ import _TestSupport
         let tokenizer = try loaded.tokenizer(), folder = try Tokenizer(directory: EmbeddedModel.directory)
         #expect(tokenizer.encode("Once upon a time") == Reference.expected.stories260K_greedy.prompt_ids.map(Int.init))
         #expect(tokenizer.eosTokenIDs == folder.eosTokenIDs && tokenizer.bosTokenID == folder.bosTokenID)
+        // tiny-llama's folder has no tokenizer, so neither has its packed file.
+        let bare = try Self.packed(Reference.tinyLlama, Self.nf4)
+        let error = #expect(throws: TokenizerError.self) { try bare.tokenizer() }
+        #expect(error?.localizedDescription.contains(bare.url.path) == true)
+    }
+
+    /// zstd-compressed tensors load into memory instead of being mapped, with the same numbers.
+    @Test func compressedCheckpointsGiveTheSameLogits() throws {
+        var options = Self.nf4
+        let plain = try Self.packed(EmbeddedModel.directory, options).model
+        options.compress = true
+        let compressed = try Self.packed(EmbeddedModel.directory, options).model
+        let ids = Reference.expected.stories260K_greedy.prompt_ids
+        try plain.forward(TokenBatch(sequences: [ids], nextTokenTargets: false))
+        try compressed.forward(TokenBatch(sequences: [ids], nextTokenTargets: false))
+        #expect(plain.logits() == compressed.logits())
     }
 
     @Test func openingByPathTellsFoldersFromPackedFiles() throws {

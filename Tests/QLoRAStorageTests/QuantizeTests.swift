@@ -11,26 +11,6 @@ let storiesDirectory = URL(fileURLWithPath: #filePath)
     .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     .appendingPathComponent("Sources/QLoRAKit/Resources/stories260K", isDirectory: true)
 
-/// A one-block Llama. With the default intermediate size its projections hold whole
-/// groups of 256 blocks of 64, so NF4/64/DQ8 costs exactly QLoRA's 4 + 8/64 + 32/(64·256)
-/// bits plus the offsets; 2304 makes the MLP weights span two quantizer chunks.
-/// `edit` may change the fp32 values of any tensor before they are written.
-func writeSyntheticModel(to dir: URL, intermediateSize: Int = 256,
-                         edit: (String, inout [Float]) -> Void = { _, _ in }) throws -> LlamaConfiguration {
-    let config = LlamaConfiguration(hiddenSize: 128, intermediateSize: intermediateSize, hiddenLayers: 1, attentionHeads: 4,
-                                    vocabularySize: 128)
-    try JSONEncoder().encode(config).write(to: dir.appendingPathComponent("config.json"))
-    var rng = SeededGenerator(seed: 5)
-    var writer = SafetensorsWriter()
-    for t in config.tensorInventory where t.isRequired {
-        var values = t.kind.isNorm ? [Float](repeating: 1, count: t.shape.reduce(1, *)) : rng.gaussian(count: t.shape.reduce(1, *), std: 0.02)
-        edit(t.name, &values)
-        try writer.add(t.name, shape: t.shape, floats: values)
-    }
-    try writer.write(to: dir.appendingPathComponent("model.safetensors"))
-    return config
-}
-
 @Suite struct QuantizeTests {
     static let grid: [(QuantType, Int)] = QuantType.allCases.flatMap { t in QuantSpec.blockSizes.map { (t, $0) } }
 
@@ -214,9 +194,15 @@ func writeSyntheticModel(to dir: URL, intermediateSize: Int = 256,
         let dir = try SafetensorsScratch.directory()
         defer { SafetensorsScratch.remove(dir) }
         let url = dir.appendingPathComponent("m.qlora")
-        _ = try Quantizer.quantize(modelDirectory: storiesDirectory, output: url,
-                                   options: QuantizeOptions(spec: QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8)))
+        let summary = try Quantizer.quantize(modelDirectory: storiesDirectory, output: url,
+                                             options: QuantizeOptions(spec: QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8)))
         let report = try PackedCheckpoint(url: url).report(verify: true)
+        // `quantize --json` states the same bit rates as `inspect --json`.
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        let written = try JSONSerialization.jsonObject(with: encoder.encode(summary)) as! [String: Any]
+        #expect(abs(try #require(written["bits_per_weight"] as? Double) - report.bitsPerWeight) < 1e-12)
+        #expect(abs(try #require(written["quantized_bits_per_weight"] as? Double) - report.quantizedBitsPerWeight) < 1e-12)
         let json = try JSONSerialization.jsonObject(with: report.jsonData()) as! [String: Any]
         // JSON text keeps doubles to within an ulp.
         #expect(abs(try #require(json["bits_per_weight"] as? Double) - report.bitsPerWeight) < 1e-12)
