@@ -11,9 +11,11 @@ Not part of the Swift package: the Python side is installed outside the project
              qlora bench train over the NF4/64/double-quant packed file (QLoRA),
              qlora bench train over the fp32 folder (LoRA), and both with --grad-checkpoint,
              transformers + PEFT over bitsandbytes NF4 + double quant (QLoRA) and over fp32 (LoRA).
-           Every run is a fresh process; each waits until other processes use under 15 % of
-           one CPU, and a run during which they used more is repeated (the machine is shared).
-  quality  the embedded stories260K fine-tuning set: `qlora train` with the demo's settings over
+           Every run is a fresh process. The cases run in rounds; before each run the script waits
+           (up to --max-wait s) until other processes use under 15 % of one CPU, records how much
+           they used during the run, and adds rounds until each case has --repeat quiet runs (at
+           most 3·repeat). Figures are medians over the quiet runs, or over all when none was quiet.
+  quality  the embedded stories260K fine-tuning set: `qlora train` with the same settings over
            the NF4/64/double-quant packed base (QLoRA) and over the fp32 folder (LoRA); the
            final validation losses (completion tokens) and their ratio.
 
@@ -61,12 +63,13 @@ def foreign_percent(run):
     return result, 100.0 * max(0.0, (busy_jiffies() - b) - (own_jiffies() - o)) / (dt * HZ)
 
 
-def wait_quiet(limit_s=1800):
+def wait_quiet(limit_s):
+    """Waits (at most limit_s) until other processes use under QUIET % of a CPU over one second."""
     start = time.perf_counter()
     while time.perf_counter() - start < limit_s:
         _, pct = foreign_percent(lambda: time.sleep(1.0))
         if pct < QUIET:
-            return round(time.perf_counter() - start, 1)
+            break
     return round(time.perf_counter() - start, 1)
 
 
@@ -82,23 +85,21 @@ def timed(cmd, env=None):
     return p.stdout, rss, wall
 
 
-def measured(label, cmd, parse, repeat, env=None):
-    """Repeats a run until `repeat` of them saw a quiet machine (at most 3·repeat tries)."""
-    runs = []
-    for _ in range(3 * repeat):
-        waited = wait_quiet()
-        (out, rss, wall), pct = foreign_percent(lambda: timed(cmd, env))
-        r = dict(parse(out), peak_rss_kib=rss, wall_s=round(wall, 2), foreign_cpu_pct=round(pct, 1), waited_s=waited,
-                 load_average=open("/proc/loadavg").read().split()[0])
-        r["clean"] = pct < QUIET
-        runs.append(r)
-        print(f"  {label}: {r['tokens_per_s']:.0f} tokens/s, median step {r['median_step_s']:.3f} s, "
-              f"peak RSS {rss / 1024:.0f} MiB, other processes {pct:.0f} % of a CPU" + ("" if r["clean"] else " (discarded)"),
-              flush=True)
-        if sum(x["clean"] for x in runs) == repeat:
-            break
+def run_case(label, cmd, parse, env, max_wait):
+    waited = wait_quiet(max_wait)
+    (out, rss, wall), pct = foreign_percent(lambda: timed(cmd, env))
+    r = dict(parse(out), peak_rss_kib=rss, wall_s=round(wall, 2), foreign_cpu_pct=round(pct, 1), waited_s=waited,
+             load_average=open("/proc/loadavg").read().split()[0], clean=pct < QUIET)
+    print(f"  {label}: {r['tokens_per_s']:.0f} tokens/s, median step {r['median_step_s']:.3f} s, "
+          f"peak RSS {rss / 1024:.0f} MiB, other processes {pct:.0f} % of a CPU" + ("" if r["clean"] else " (busy)"), flush=True)
+    return r
+
+
+def summarize(runs):
+    """Medians over the runs that saw a quiet machine, or over all when none did."""
     clean = [x for x in runs if x["clean"]] or runs
-    return {"runs": runs, "tokens_per_s": statistics.median(x["tokens_per_s"] for x in clean),
+    return {"runs": runs, "clean_runs": sum(x["clean"] for x in runs),
+            "tokens_per_s": statistics.median(x["tokens_per_s"] for x in clean),
             "median_step_s": statistics.median(x["median_step_s"] for x in clean),
             "peak_rss_kib": statistics.median(x["peak_rss_kib"] for x in clean)}
 
@@ -174,11 +175,17 @@ def speed(args):
         ("HF QLoRA (bnb NF4 + DQ)", hf + ["--quant", "nf4"], parse_hf),
         ("HF LoRA (fp32)", hf + ["--quant", "fp32"], parse_hf),
     ]
-    results = {}
-    for label, cmd, parse in cases:
-        if args.only and not any(o in label for o in args.only):
-            continue
-        results[label] = measured(label, cmd, parse, args.repeat, env)
+    cases = [c for c in cases if not args.only or any(o in c[0] for o in args.only)]
+    # Rounds over all cases, so that a busy spell on the shared machine hits every case alike;
+    # a case with fewer than --repeat quiet runs gets another round (up to 3·repeat runs).
+    runs = {label: [] for label, _, _ in cases}
+    for _ in range(3 * args.repeat):
+        pending = [c for c in cases if sum(r["clean"] for r in runs[c[0]]) < args.repeat]
+        if not pending:
+            break
+        for label, cmd, parse in pending:
+            runs[label].append(run_case(label, cmd, parse, env, args.max_wait))
+    results = {label: summarize(r) for label, r in runs.items()}
     print()
     print(f"{'':40} {'tokens/s':>9} {'step s':>7} {'peak RSS':>10}")
     for label, r in results.items():
@@ -198,8 +205,9 @@ def quality(args):
     packed = os.path.join(work, "stories260K-nf4.qlora")
     subprocess.run([args.qlora, "quantize", data, "--output", packed, "--type", "nf4", "--block-size", "64",
                     "--double-quant"], check=True, capture_output=True)
-    settings = ["--data", data, "--steps", str(args.steps), "--batch-size", "8", "--rank", "8", "--alpha", "16",
-                "--learning-rate", "5e-4", "--schedule", "cosine", "--warmup", "10", "--eval-every", str(args.steps),
+    settings = ["--data", data, "--steps", str(args.steps), "--batch-size", "8", "--rank", str(args.rank),
+                "--alpha", str(2 * args.rank), "--learning-rate", str(args.learning_rate), "--schedule", "cosine",
+                "--warmup", "10", "--eval-every", str(args.steps),
                 "--max-seq-len", "512", "--seed", "42", "--no-eos"]
     results = {}
     for label, model in [("QLoRA (NF4/64/DQ base)", packed), ("LoRA (fp32 base)", data)]:
@@ -225,9 +233,12 @@ def main():
     ap.add_argument("--python", default=sys.executable, help="a Python with torch, transformers, peft, bitsandbytes")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "qlora-train-comparison"))
     ap.add_argument("--data", default="Sources/QLoRAKit/Resources/stories260K", help="quality: model folder with train/valid.jsonl")
-    ap.add_argument("--steps", type=int, default=200, help="quality: optimizer steps")
+    ap.add_argument("--steps", type=int, default=400, help="quality: optimizer steps (batch 8)")
+    ap.add_argument("--rank", type=int, default=16, help="quality: LoRA rank (alpha is twice the rank)")
+    ap.add_argument("--learning-rate", type=float, default=5e-4, help="quality: peak learning rate (cosine, 10 warm-up steps)")
     ap.add_argument("--repeat", type=int, default=3, help="speed: clean runs per case")
     ap.add_argument("--only", nargs="*", help="speed: cases whose label contains one of these")
+    ap.add_argument("--max-wait", type=float, default=300, help="speed: seconds to wait for a quiet machine before each run")
     ap.add_argument("--quant", help=argparse.SUPPRESS)
     ap.add_argument("--out", help="write the results here as JSON")
     args = ap.parse_args()

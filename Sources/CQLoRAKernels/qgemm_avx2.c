@@ -1,19 +1,20 @@
 // AVX2 + FMA products with a packed weight. Two regimes:
 //
-// - Few rows of X (n <= QK_GEMV_MAX_N, decode): bound by memory. Each packed
-//   byte is read once and decoded in registers; the block scale multiplies a
-//   block's partial sum once instead of every weight. 4-bit codes are looked
-//   up as four byte planes of the fp32 table with vpshufb (32 weights per
-//   lookup) and reassembled with unpacks; the unpacks leave the weights in a
-//   fixed interleaved order, so x (forward) or dx (backward) is permuted once
-//   per call to match it instead of shuffling every weight back.
+// - Few rows of X (n <= QK_GEMV_MAX_N, decode): meant to be bound by memory.
+//   Each packed byte is read once and decoded in registers; the block scale
+//   multiplies a block's partial sum once instead of every weight. 4-bit codes
+//   are looked up as four byte planes of the fp32 table with vpshufb (32
+//   weights per lookup) and reassembled with unpacks; the unpacks leave the
+//   weights in a fixed interleaved order, so x (forward) or dx (backward) is
+//   permuted once per call to match it instead of shuffling every weight back.
+//   On CPUs with AVX-512F the 4-bit types take qgemm_avx512.c instead.
 // - More rows (training): bound by arithmetic. A tile of W (at most 256 × 256)
 //   is dequantized once into scratch, laid out as 16-wide panels, and a 6 × 16
 //   register-blocked micro-kernel runs over it for every row of X, so the
 //   decoding cost vanishes next to the 2 · n flops per weight.
 //
-// Summation order depends on n and W only (never on the slice), which makes
-// results independent of how the caller splits the work across threads.
+// Summation order depends on n, W and the path only (never on the slice),
+// so results do not depend on how the caller splits the work across threads.
 #include "CQLoRAKernels.h"
 #include "internal.h"
 
@@ -292,65 +293,62 @@ AVX2_INLINE void gemv_forward(float *restrict y, const float *restrict xp, const
     }
 }
 
-// Columns [begin, end) (whole blocks) of dxp += dy·W for NT rows of dy, in
-// decoded order. Rows of W are taken four at a time so each dx vector is
-// loaded and stored once per four rows; every dx element still sums the rows
-// of W in order, one FMA each.
-AVX2_INLINE void gemv_backward(float *restrict dxp, const float *restrict dy, const qk_packed *w,
-                               int64_t begin, int64_t end, const int NT, const int kind) {
-    const int64_t in = w->cols, out = w->rows, B = w->block_size, bpr = in / B, len = end - begin;
-    const int64_t b0 = begin / B, b1 = end / B;
+// Rows [o, o + R) of W (R a constant: the loop over rows unrolls) over the
+// slice's blocks [b0, b1): dxp += dy[:, o..o+R) · W[o..o+R, slice], in decoded
+// order (dxp holds the slice, `len` floats per row of dy).
+AVX2_INLINE void backward_group(float *restrict dxp, const float *restrict dy, const qk_packed *w, int64_t o,
+                                int64_t b0, int64_t b1, const int NT, const int R, const int kind) {
+    const int64_t out = w->rows, B = w->block_size, bpr = w->cols / B, len = (b1 - b0) * B;
     const size_t bb = qk_block_bytes(w->type, w->block_size);
     const lut4 l = lut4_make(w->type);
     float d[4][STEP_BATCH];
-    for (int64_t o = 0; o < out; o += 4) {
-        const int R = out - o < 4 ? (int)(out - o) : 4;
-        for (int64_t b = b0; b < b1; b++) {
-            if ((b - b0) % STEP_BATCH == 0)
-                for (int r = 0; r < R; r++)
-                    qk_block_steps_avx2(d[r], w, (o + r) * bpr + b, b1 - b < STEP_BATCH ? b1 - b : STEP_BATCH);
-            __m256 s[4][QK_GEMV_MAX_N];  // [row][token]: dy · block step
-            const uint8_t *c[4];
+    for (int64_t b = b0; b < b1; b++) {
+        if ((b - b0) % STEP_BATCH == 0)
+            for (int r = 0; r < R; r++)
+                qk_block_steps_avx2(d[r], w, (o + r) * bpr + b, b1 - b < STEP_BATCH ? b1 - b : STEP_BATCH);
+        __m256 s[4][QK_GEMV_MAX_N];  // [row][token]: dy · block step
+        const uint8_t *c[4];
+        for (int r = 0; r < R; r++) {
+            for (int t = 0; t < NT; t++) s[r][t] = _mm256_set1_ps(dy[t * out + o + r] * d[r][(b - b0) % STEP_BATCH]);
+            c[r] = w->codes + (size_t)((o + r) * bpr + b) * bb;
+        }
+        float *db = dxp + (b - b0) * B;
+        for (int64_t u = 0; u < B; u += 32) {
+            __m256 v[QK_GEMV_MAX_N][4];
+            for (int t = 0; t < NT; t++)
+                for (int q = 0; q < 4; q++) v[t][q] = _mm256_loadu_ps(db + t * len + u + 8 * q);
             for (int r = 0; r < R; r++) {
-                for (int t = 0; t < NT; t++) s[r][t] = _mm256_set1_ps(dy[t * out + o + r] * d[r][(b - b0) % STEP_BATCH]);
-                c[r] = w->codes + (size_t)((o + r) * bpr + b) * bb;
-            }
-            float *db = dxp + (b * B - begin);
-            for (int64_t u = 0; u < B; u += 32) {
-                __m256 v[QK_GEMV_MAX_N][4];
+                __m256 f[4];
+                decode_unit(f, c[r], u, &l, kind);
                 for (int t = 0; t < NT; t++)
-                    for (int q = 0; q < 4; q++) v[t][q] = _mm256_loadu_ps(db + t * len + u + 8 * q);
-                for (int r = 0; r < R; r++) {
-                    __m256 f[4];
-                    decode_unit(f, c[r], u, &l, kind);
-                    for (int t = 0; t < NT; t++)
-                        for (int q = 0; q < 4; q++) v[t][q] = _mm256_fmadd_ps(s[r][t], f[q], v[t][q]);
-                }
-                for (int t = 0; t < NT; t++)
-                    for (int q = 0; q < 4; q++) _mm256_storeu_ps(db + t * len + u + 8 * q, v[t][q]);
+                    for (int q = 0; q < 4; q++) v[t][q] = _mm256_fmadd_ps(s[r][t], f[q], v[t][q]);
             }
+            for (int t = 0; t < NT; t++)
+                for (int q = 0; q < 4; q++) _mm256_storeu_ps(db + t * len + u + 8 * q, v[t][q]);
         }
     }
 }
 
-#define GEMV_CASES(CALL)                                                                       \
-    if (kind == KIND_INT8) {                                                                   \
-        CALL(KIND_INT8)                                                                        \
-    } else {                                                                                   \
-        CALL(KIND_LUT4)                                                                        \
-    }
+// Columns [begin, end) (whole blocks) of dxp += dy·W for NT rows of dy, rows
+// of W four at a time so each dx vector is loaded and stored once per four
+// rows; every dx element still sums the rows of W in order, one FMA each.
+AVX2_INLINE void gemv_backward(float *restrict dxp, const float *restrict dy, const qk_packed *w,
+                               int64_t begin, int64_t end, const int NT, const int kind) {
+    const int64_t B = w->block_size, b0 = begin / B, b1 = end / B;
+    int64_t o = 0;
+    for (; o + 4 <= w->rows; o += 4) backward_group(dxp, dy, w, o, b0, b1, NT, 4, kind);
+    for (; o < w->rows; o++) backward_group(dxp, dy, w, o, b0, b1, NT, 1, kind);
+}
 
 AVX2 static void gemv_forward_any(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
                                   int64_t begin, int64_t end, float *restrict xp) {
     const int64_t in = w->cols;
     const int kind = w->type == QK_TYPE_INT8 ? KIND_INT8 : KIND_LUT4;
     for (int64_t i = 0; i < n; i++) permute_row(xp + i * in, x + i * in, in, kind, w->block_size);
-#define FWD(K)                                                                                 \
-    if (n == 1) gemv_forward(y, xp, w, begin, end, 1, K);                                      \
-    else if (n == 2) gemv_forward(y, xp, w, begin, end, 2, K);                                 \
-    else if (n == 3) gemv_forward(y, xp, w, begin, end, 3, K);                                 \
-    else gemv_forward(y, xp, w, begin, end, 4, K);
-    GEMV_CASES(FWD)
+#define FWD(NT)                                                                                \
+    if (kind == KIND_INT8) gemv_forward(y, xp, w, begin, end, NT, KIND_INT8);                  \
+    else gemv_forward(y, xp, w, begin, end, NT, KIND_LUT4);
+    QK_FOR_ROWS4(n, FWD)
 #undef FWD
 }
 
@@ -359,12 +357,10 @@ AVX2 static void gemv_backward_any(float *restrict dx, const float *restrict dy,
     const int64_t in = w->cols, len = end - begin;
     const int kind = w->type == QK_TYPE_INT8 ? KIND_INT8 : KIND_LUT4;
     memset(dxp, 0, (size_t)(n * len) * sizeof(float));
-#define BWD(K)                                                                                 \
-    if (n == 1) gemv_backward(dxp, dy, w, begin, end, 1, K);                                   \
-    else if (n == 2) gemv_backward(dxp, dy, w, begin, end, 2, K);                              \
-    else if (n == 3) gemv_backward(dxp, dy, w, begin, end, 3, K);                              \
-    else gemv_backward(dxp, dy, w, begin, end, 4, K);
-    GEMV_CASES(BWD)
+#define BWD(NT)                                                                                \
+    if (kind == KIND_INT8) gemv_backward(dxp, dy, w, begin, end, NT, KIND_INT8);               \
+    else gemv_backward(dxp, dy, w, begin, end, NT, KIND_LUT4);
+    QK_FOR_ROWS4(n, BWD)
 #undef BWD
     for (int64_t i = 0; i < n; i++)
         unpermute_row(dx + i * in + begin, dxp + i * len, len, kind, w->block_size, accumulate);
@@ -604,7 +600,7 @@ void qk_matmul_forward_avx2(float *restrict y, const float *restrict x, int64_t 
         for (int64_t i = 0; i < n; i++) memset(y + i * w->rows + begin, 0, (size_t)(end - begin) * sizeof(float));
         return;
     }
-    if (gemv_applies(w, n) && qk_gemv_avx512_applies(w)) qk_gemv_forward_avx512(y, x, n, w, begin, end);
+    if (qk_gemv_avx512_applies(w, n)) qk_gemv_forward_avx512(y, x, n, w, begin, end);
     else if (gemv_applies(w, n)) gemv_forward_any(y, x, n, w, begin, end, scratch);
     else tiled_forward(y, x, n, w, begin, end, scratch);
 }
@@ -618,10 +614,9 @@ void qk_matmul_backward_avx2(float *restrict dx, const float *restrict dy, int64
         return;
     }
     const int64_t B = w->block_size;
-    if (gemv_applies(w, n) && begin % B == 0 && end % B == 0) {
-        if (qk_gemv_avx512_applies(w)) qk_gemv_backward_avx512(dx, dy, n, w, begin, end, accumulate);
-        else gemv_backward_any(dx, dy, n, w, begin, end, accumulate, scratch);
-    }
+    const int aligned = begin % B == 0 && end % B == 0;
+    if (aligned && qk_gemv_avx512_applies(w, n)) qk_gemv_backward_avx512(dx, dy, n, w, begin, end, accumulate);
+    else if (aligned && gemv_applies(w, n)) gemv_backward_any(dx, dy, n, w, begin, end, accumulate, scratch);
     else tiled_backward(dx, dy, n, w, begin, end, accumulate, scratch);
 }
 

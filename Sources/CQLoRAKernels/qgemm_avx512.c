@@ -5,6 +5,8 @@
 // 16 floats in a 16-entry table at once: one zero-extension, one shift and two
 // lookups per 32 weights, in natural order, so x and dx need no permutation.
 // Same numerics as the AVX2 path: each block's partial sum is scaled once.
+// 32 registers hold the sums of up to 8 rows of x, so this path also covers
+// small batches (QK_GEMV512_MAX_N) that AVX2 hands to the tiled GEMM.
 #include "CQLoRAKernels.h"
 #include "internal.h"
 
@@ -24,8 +26,9 @@ int qk_matmul_allow_avx512(int allow) {
 #define AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
 #define AVX512_INLINE __attribute__((target("avx512f,avx2,fma,f16c"), always_inline)) static inline
 
-int qk_gemv_avx512_applies(const qk_packed *w) {
-    if (w->type == QK_TYPE_INT8 || !atomic_load_explicit(&allow_avx512, memory_order_relaxed)) return 0;
+int qk_gemv_avx512_applies(const qk_packed *w, int64_t n) {
+    if (n > QK_GEMV512_MAX_N || w->type == QK_TYPE_INT8 || w->cols % w->block_size != 0) return 0;
+    if (!atomic_load_explicit(&allow_avx512, memory_order_relaxed)) return 0;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f");
 }
@@ -54,12 +57,12 @@ AVX512_INLINE void forward_rows(float *restrict y, const float *restrict x, cons
     const __m512 table = table_of(w->type);
     float d[STEPS];
     for (int64_t o = begin; o < end; o++) {
-        __m512 acc[QK_GEMV_MAX_N];
+        __m512 acc[QK_GEMV512_MAX_N];
         for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
         const uint8_t *c = w->codes + (size_t)(o * bpr) * bb;
         for (int64_t b = 0; b < bpr; b++, c += bb) {
             if (b % STEPS == 0) qk_block_steps_avx2(d, w, o * bpr + b, bpr - b < STEPS ? bpr - b : STEPS);
-            __m512 p0[QK_GEMV_MAX_N], p1[QK_GEMV_MAX_N];
+            __m512 p0[QK_GEMV512_MAX_N], p1[QK_GEMV512_MAX_N];
             for (int t = 0; t < NT; t++) p0[t] = p1[t] = _mm512_setzero_ps();
             for (int64_t j = 0; j < h; j += 16) {
                 __m512 lo, hi;
@@ -79,64 +82,71 @@ AVX512_INLINE void forward_rows(float *restrict y, const float *restrict x, cons
 
 // dx[:, begin:end] += dy · W over whole blocks, rows of W four at a time
 // (each dx vector loaded and stored once per four rows, rows summed in order).
-AVX512_INLINE void backward_rows(float *restrict dx, const float *restrict dy, const qk_packed *w, int64_t begin,
-                                 int64_t end, const int NT) {
+// Rows [o, o + R) of W (R a constant: the loop over rows unrolls) over blocks
+// [b0, b1) of the slice: dx += dy[:, o..o+R) · W[o..o+R, slice].
+AVX512_INLINE void backward_group(float *restrict dx, const float *restrict dy, const qk_packed *w, int64_t o,
+                                  int64_t b0, int64_t b1, const int NT, const int R) {
     const int64_t in = w->cols, out = w->rows, B = w->block_size, h = B / 2, bpr = in / B;
-    const int64_t b0 = begin / B, b1 = end / B;
     const size_t bb = qk_block_bytes(w->type, w->block_size);
     const __m512 table = table_of(w->type);
     float d[4][STEPS];
-    for (int64_t o = 0; o < out; o += 4) {
-        const int R = out - o < 4 ? (int)(out - o) : 4;
-        for (int64_t b = b0; b < b1; b++) {
-            if ((b - b0) % STEPS == 0)
-                for (int r = 0; r < R; r++)
-                    qk_block_steps_avx2(d[r], w, (o + r) * bpr + b, b1 - b < STEPS ? b1 - b : STEPS);
-            __m512 s[4][QK_GEMV_MAX_N];
-            const uint8_t *c[4];
-            for (int r = 0; r < R; r++) {
-                for (int t = 0; t < NT; t++) s[r][t] = _mm512_set1_ps(dy[t * out + o + r] * d[r][(b - b0) % STEPS]);
-                c[r] = w->codes + (size_t)((o + r) * bpr + b) * bb;
+    for (int64_t b = b0; b < b1; b++) {
+        if ((b - b0) % STEPS == 0)
+            for (int r = 0; r < R; r++)
+                qk_block_steps_avx2(d[r], w, (o + r) * bpr + b, b1 - b < STEPS ? b1 - b : STEPS);
+        float s[4][QK_GEMV512_MAX_N];  // dy · block step, broadcast when used
+        const uint8_t *c[4];
+        for (int r = 0; r < R; r++) {
+            for (int t = 0; t < NT; t++) s[r][t] = dy[t * out + o + r] * d[r][(b - b0) % STEPS];
+            c[r] = w->codes + (size_t)((o + r) * bpr + b) * bb;
+        }
+        for (int64_t j = 0; j < h; j += 16) {
+            __m512 vlo[QK_GEMV512_MAX_N], vhi[QK_GEMV512_MAX_N];
+            for (int t = 0; t < NT; t++) {
+                vlo[t] = _mm512_loadu_ps(dx + t * in + b * B + j);
+                vhi[t] = _mm512_loadu_ps(dx + t * in + b * B + h + j);
             }
-            for (int64_t j = 0; j < h; j += 16) {
-                __m512 vlo[QK_GEMV_MAX_N], vhi[QK_GEMV_MAX_N];
+            for (int r = 0; r < R; r++) {
+                __m512 lo, hi;
+                decode16(&lo, &hi, c[r] + j, table);
                 for (int t = 0; t < NT; t++) {
-                    vlo[t] = _mm512_loadu_ps(dx + t * in + b * B + j);
-                    vhi[t] = _mm512_loadu_ps(dx + t * in + b * B + h + j);
+                    const __m512 st = _mm512_set1_ps(s[r][t]);
+                    vlo[t] = _mm512_fmadd_ps(st, lo, vlo[t]);
+                    vhi[t] = _mm512_fmadd_ps(st, hi, vhi[t]);
                 }
-                for (int r = 0; r < R; r++) {
-                    __m512 lo, hi;
-                    decode16(&lo, &hi, c[r] + j, table);
-                    for (int t = 0; t < NT; t++) {
-                        vlo[t] = _mm512_fmadd_ps(s[r][t], lo, vlo[t]);
-                        vhi[t] = _mm512_fmadd_ps(s[r][t], hi, vhi[t]);
-                    }
-                }
-                for (int t = 0; t < NT; t++) {
-                    _mm512_storeu_ps(dx + t * in + b * B + j, vlo[t]);
-                    _mm512_storeu_ps(dx + t * in + b * B + h + j, vhi[t]);
-                }
+            }
+            for (int t = 0; t < NT; t++) {
+                _mm512_storeu_ps(dx + t * in + b * B + j, vlo[t]);
+                _mm512_storeu_ps(dx + t * in + b * B + h + j, vhi[t]);
             }
         }
     }
 }
 
+// dx[:, begin:end] += dy · W over whole blocks, rows of W four at a time
+// (each dx vector loaded and stored once per four rows, rows summed in order).
+AVX512_INLINE void backward_rows(float *restrict dx, const float *restrict dy, const qk_packed *w, int64_t begin,
+                                 int64_t end, const int NT) {
+    const int64_t B = w->block_size, b0 = begin / B, b1 = end / B;
+    int64_t o = 0;
+    for (; o + 4 <= w->rows; o += 4) backward_group(dx, dy, w, o, b0, b1, NT, 4);
+    for (; o < w->rows; o++) backward_group(dx, dy, w, o, b0, b1, NT, 1);
+}
+
 AVX512 void qk_gemv_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
                                    int64_t begin, int64_t end) {
-    if (n == 1) forward_rows(y, x, w, begin, end, 1);
-    else if (n == 2) forward_rows(y, x, w, begin, end, 2);
-    else if (n == 3) forward_rows(y, x, w, begin, end, 3);
-    else forward_rows(y, x, w, begin, end, 4);
+#define FWD(NT) forward_rows(y, x, w, begin, end, NT);
+    QK_FOR_ROWS8(n, FWD)
+#undef FWD
 }
 
 AVX512 void qk_gemv_backward_avx512(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
                                     int64_t begin, int64_t end, int32_t accumulate) {
     if (!accumulate)
         for (int64_t i = 0; i < n; i++) memset(dx + i * w->cols + begin, 0, (size_t)(end - begin) * sizeof(float));
-    if (n == 1) backward_rows(dx, dy, w, begin, end, 1);
-    else if (n == 2) backward_rows(dx, dy, w, begin, end, 2);
-    else if (n == 3) backward_rows(dx, dy, w, begin, end, 3);
-    else backward_rows(dx, dy, w, begin, end, 4);
+#define BWD(NT) backward_rows(dx, dy, w, begin, end, NT);
+    QK_FOR_ROWS8(n, BWD)
+#undef BWD
 }
 
 #endif

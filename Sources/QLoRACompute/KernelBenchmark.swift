@@ -81,7 +81,7 @@ public final class KernelBenchmark {
         openblas_set_num_threads(Int32(self.threads))
         machine = Machine(
             cpu: Self.cpuName(), logicalCPUs: ProcessInfo.processInfo.activeProcessorCount, threads: self.threads,
-            isa: Self.isaName(qk_isa_active()), openBLAS: Self.openBLASName(),
+            isa: Self.isaName(qk_isa_active(), cpuFlags: Self.cpuFlags()), openBLAS: Self.openBLASName(),
             lastLevelCacheBytes: Self.lastLevelCacheBytes(), loadAverage: Self.loadAverage())
     }
 
@@ -245,19 +245,24 @@ public final class KernelBenchmark {
         return c % 2 == 1 ? c : c + 1 <= hi ? c + 1 : c - 1
     }
 
-    private static func cpuName() -> String {
-        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown CPU" }
-        for line in info.split(separator: "\n") where line.hasPrefix("model name") {
+    /// The first /proc/cpuinfo line starting with `key`, after its colon.
+    private static func cpuInfo(_ key: String) -> String? {
+        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return nil }
+        for line in info.split(separator: "\n") where line.hasPrefix(key) {
             if let colon = line.firstIndex(of: ":") {
                 return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
             }
         }
-        return "unknown CPU"
+        return nil
     }
 
-    private static func isaName(_ isa: qk_isa) -> String {
+    private static func cpuName() -> String { cpuInfo("model name") ?? "unknown CPU" }
+
+    private static func cpuFlags() -> Set<Substring> { Set((cpuInfo("flags") ?? "").split(separator: " ")) }
+
+    private static func isaName(_ isa: qk_isa, cpuFlags: Set<Substring>) -> String {
         switch isa {
-        case QK_ISA_AVX2: "AVX2+FMA"
+        case QK_ISA_AVX2: cpuFlags.contains("avx512f") ? "AVX2+FMA, AVX-512F for 4-bit decode" : "AVX2+FMA"
         case QK_ISA_NEON: "NEON"
         default: "scalar"
         }
@@ -312,17 +317,9 @@ public struct RandomPackedWeight {
             let g = (base + groupOffset).assumingMemoryBound(to: Float.self)
             for i in 0..<groups { g[i] = 0.01 }
         }
-        var v = qk_packed()
-        v.type = spec.type.code
-        v.block_size = Int32(spec.blockSize)
-        v.scale_kind = spec.scaleKind.code
-        v.rows = Int64(rows)
-        v.cols = Int64(cols)
-        v.codes = UnsafePointer(base.assumingMemoryBound(to: UInt8.self))
-        v.scales = UnsafeRawPointer(base + scaleOffset)
-        if groups > 0 { v.group_scales = UnsafePointer((base + groupOffset).assumingMemoryBound(to: Float.self)) }
-        v.offset = 0.03
-        view = v
+        view = qk_packed(
+            spec: spec, rows: rows, cols: cols, codes: UnsafeRawPointer(base), scales: UnsafeRawPointer(base + scaleOffset),
+            groupScales: groups > 0 ? UnsafeRawPointer(base + groupOffset) : nil, offset: 0.03)
     }
 
     /// A layer over these bytes (the layer keeps them alive).

@@ -211,19 +211,10 @@ final class PackedBuffers: @unchecked Sendable {
     }
 
     func view(spec: QuantSpec, rows: Int, cols: Int) -> qk_packed {
-        var v = qk_packed()
-        v.type = spec.type.code
-        v.block_size = Int32(spec.blockSize)
-        v.scale_kind = spec.scaleKind.code
-        v.rows = Int64(rows)
-        v.cols = Int64(cols)
-        v.codes = UnsafePointer(codes.baseAddress!.assumingMemoryBound(to: UInt8.self))
-        v.scales = UnsafeRawPointer(scales.baseAddress!)
-        if spec.scaleKind == .dq8 {
-            v.group_scales = UnsafePointer(groupScales.baseAddress!.assumingMemoryBound(to: Float.self))
-        }
-        v.offset = offset
-        return v
+        qk_packed(
+            spec: spec, rows: rows, cols: cols, codes: UnsafeRawPointer(codes.baseAddress!),
+            scales: UnsafeRawPointer(scales.baseAddress!),
+            groupScales: spec.scaleKind == .dq8 ? UnsafeRawPointer(groupScales.baseAddress!) : nil, offset: offset)
     }
 
     deinit {
@@ -240,4 +231,28 @@ private struct KernelCall {
     let rows: Int64
     let weight: UnsafeMutablePointer<qk_packed>
     let accumulate: Int32
+}
+
+extension qk_packed {
+    /// A packed-matrix view over buffers laid out as `PackedLayout` says.
+    /// - Parameters:
+    ///   - codes: the blocks' codes.
+    ///   - scales: fp32, fp16 or 8-bit scales, per `spec.scaleKind`.
+    ///   - groupScales: fp32 group scales (double quantization only).
+    ///   - offset: the mean of the fp32 scales (double quantization only).
+    public init(
+        spec: QuantSpec, rows: Int, cols: Int, codes: UnsafeRawPointer, scales: UnsafeRawPointer,
+        groupScales: UnsafeRawPointer? = nil, offset: Float = 0
+    ) {
+        self.init()
+        type = spec.type.code
+        block_size = Int32(spec.blockSize)
+        scale_kind = spec.scaleKind.code
+        self.rows = Int64(rows)
+        self.cols = Int64(cols)
+        self.codes = codes.assumingMemoryBound(to: UInt8.self)
+        self.scales = scales
+        group_scales = groupScales?.assumingMemoryBound(to: Float.self)
+        self.offset = offset
+    }
 }

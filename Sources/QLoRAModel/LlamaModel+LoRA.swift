@@ -30,7 +30,7 @@ extension LlamaModel {
     /// "base_model.model.<module>.lora_A.weight" / ".lora_B.weight", read by
     /// `PEFTAdapter`) and attaches it, replacing any adapters attached before.
     /// The modules come from the file's keys; lora_dropout and
-    /// layers_to_transform are kept for training on.
+    /// layers_to_transform are kept in the configuration, for training on.
     @discardableResult
     public func loadLoRA(directory: URL) throws -> LoRAConfiguration {
         let adapter = try PEFTAdapter(directory: directory)

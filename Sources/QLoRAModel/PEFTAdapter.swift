@@ -23,8 +23,9 @@ public struct PEFTAdapter: @unchecked Sendable {
     public static let keyPrefix = "base_model.model."
 
     public let directory: URL
-    /// Rank, alpha and rsLoRA from the file; target modules are the last name
-    /// components of the modules the weight file holds, sorted.
+    /// Rank, alpha, rsLoRA, lora_dropout and layers_to_transform from the file;
+    /// target modules are the last name components of the modules the weight
+    /// file holds, sorted.
     public let configuration: LoRAConfiguration
     public let weights: SafetensorsFile
     /// Base module names ("model.layers.0.mlp.down_proj") in the file's order.

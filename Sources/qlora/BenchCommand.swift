@@ -35,11 +35,40 @@ struct BenchKernels: ParsableCommand {
     @Option(help: "Threads for the packed kernels and OpenBLAS (default: every CPU).")
     var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 
-    static let shapes = [(4096, 4096), (11008, 4096), (4096, 11008), (2048, 2048)]
+    @Option(help: "Weight shapes to time instead of the defaults, OUTxIN, comma-separated (e.g. 4096x4096,11008x4096).")
+    var shapes: String?
+
+    @Option(help: "Batch sizes to time instead of the defaults, comma-separated (e.g. 1,512).")
+    var batch: String?
+
+    static let llamaShapes = [(4096, 4096), (11008, 4096), (4096, 11008), (2048, 2048)]
     static let batchSizes = [1, 8, 64, 512]
 
     func validate() throws {
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        _ = try shapeFilter()
+        _ = try batchFilter()
+    }
+
+    private func shapeFilter() throws -> [(Int, Int)]? {
+        try shapes.map { list in
+            try list.split(separator: ",").map { item in
+                let parts = item.split(separator: "x").compactMap { Int($0) }
+                guard parts.count == 2, parts[0] > 0, parts[1] > 0 else {
+                    throw ValidationError("--shapes: '\(item)' is not OUTxIN, e.g. 4096x11008")
+                }
+                return (parts[0], parts[1])
+            }
+        }
+    }
+
+    private func batchFilter() throws -> [Int]? {
+        try batch.map { list in
+            try list.split(separator: ",").map { item in
+                guard let n = Int(item), n > 0 else { throw ValidationError("--batch: '\(item)' is not a positive integer") }
+                return n
+            }
+        }
     }
 
     func run() throws {
@@ -56,7 +85,7 @@ struct BenchKernels: ParsableCommand {
         if json { FileHandle.standardError.write(Data((header + "\n").utf8)) } else { print(header + "\n" + Self.tableHeader) }
 
         var records: [[String: Any]] = []
-        for plan in plans() {
+        for plan in try plans() {
             for (out, inFeatures) in plan.shapes {
                 let results = try bench.measure(
                     spec: plan.spec, outFeatures: out, inFeatures: inFeatures, batchSizes: plan.batchSizes,
@@ -77,24 +106,28 @@ struct BenchKernels: ParsableCommand {
         }
     }
 
-    /// Which specs run on which shapes and batch sizes.
-    private func plans() -> [(spec: QuantSpec, shapes: [(Int, Int)], batchSizes: [Int])] {
+    /// Which specs run on which shapes and batch sizes (--shapes and --batch replace them).
+    private func plans() throws -> [(spec: QuantSpec, shapes: [(Int, Int)], batchSizes: [Int])] {
+        let all: [(spec: QuantSpec, shapes: [(Int, Int)], batchSizes: [Int])]
         if full {
-            return QuantType.allCases.flatMap { type in
+            all = QuantType.allCases.flatMap { type in
                 QuantSpec.blockSizes.flatMap { block in
                     [ScaleKind.f32, .dq8].map {
-                        (QuantSpec(type: type, blockSize: block, scaleKind: $0), Self.shapes, Self.batchSizes)
+                        (QuantSpec(type: type, blockSize: block, scaleKind: $0), Self.llamaShapes, Self.batchSizes)
                     }
                 }
             }
+        } else {
+            let decode = Array(Self.llamaShapes.prefix(2))
+            all = [
+                (QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8), Self.llamaShapes, Self.batchSizes),
+                (QuantSpec(type: .int4, blockSize: 64, scaleKind: .dq8), decode, [1]),
+                (QuantSpec(type: .int8, blockSize: 64, scaleKind: .f32), decode, [1]),
+                (QuantSpec(type: .fp4, blockSize: 64, scaleKind: .dq8), decode, [1]),
+            ]
         }
-        let decode = Array(Self.shapes.prefix(2))
-        return [
-            (QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8), Self.shapes, Self.batchSizes),
-            (QuantSpec(type: .int4, blockSize: 64, scaleKind: .dq8), decode, [1]),
-            (QuantSpec(type: .int8, blockSize: 64, scaleKind: .f32), decode, [1]),
-            (QuantSpec(type: .fp4, blockSize: 64, scaleKind: .dq8), decode, [1]),
-        ]
+        let shapes = try shapeFilter(), batchSizes = try batchFilter()
+        return all.map { plan in (plan.spec, shapes ?? plan.shapes, batchSizes ?? plan.batchSizes) }
     }
 
     static let tableHeader = """
@@ -129,7 +162,7 @@ struct BenchKernels: ParsableCommand {
             "ratio_vs_openblas": r.ratioVsOpenBLAS,
             "openblas_median_seconds": r.openBLASSeconds,
             "reference_median_seconds": r.referenceSeconds.map { $0 as Any } ?? NSNull(),
-            "bandwidth_fraction": r.gbps * 1e9 / bandwidth,
+            "bandwidth_fraction": c.n == 1 ? r.gbps * 1e9 / bandwidth as Any : NSNull(),
         ]
     }
 }

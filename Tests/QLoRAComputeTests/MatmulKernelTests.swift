@@ -1,4 +1,5 @@
 import COpenBLAS
+import Foundation
 import CQLoRAKernels
 import QLoRACompute
 import QLoRAStorage
@@ -20,8 +21,9 @@ let allSpecs: [QuantSpec] = QuantType.allCases.flatMap { type in
 
 /// (out, in): aligned rows, rows straddling blocks, a single short row.
 let awkwardShapes = [(37, 512), (19, 100), (5, 33)]
-/// 1..4 take the fused decode path, 5 and 17 the tiled one.
-let batchSizes = [1, 3, 4, 5, 17]
+/// Around the path switches: fused decode up to 4 rows (AVX2) or 8 (AVX-512,
+/// 4-bit types), the tiled GEMM above.
+let batchSizes = [1, 3, 4, 5, 8, 9, 17]
 
 /// ‖a − b‖ / ‖b‖ in double precision.
 func relativeError(_ a: [Float], _ b: [Float]) -> Double {
@@ -98,19 +100,25 @@ struct PackedCase {
     }
 }
 
-// Serialized: cases switch the AVX-512 sub-path on and off (a process-wide
-// setting) to check both SIMD variants against the reference.
-@Suite(.serialized) struct MatmulKernelTests {
-    static let tolerance = 1e-5
+/// Guards the process-wide switch of the AVX-512 sub-path: tests that flip it
+/// and tests that compare bits across calls must not interleave.
+enum KernelVariant {
+    static let lock = NSLock()
 
     /// Runs `body` with the AVX-512 sub-path off, then on (where the CPU has it).
-    static func bothVariants(_ body: (String) throws -> Void) rethrows {
-        defer { qk_matmul_allow_avx512(1) }
-        for allow: Int32 in [0, 1] {
-            qk_matmul_allow_avx512(allow)
-            try body(allow == 0 ? "avx2" : "avx512 if available")
+    static func both(_ body: (String) throws -> Void) rethrows {
+        try lock.withLock {
+            defer { qk_matmul_allow_avx512(1) }
+            for allow: Int32 in [0, 1] {
+                qk_matmul_allow_avx512(allow)
+                try body(allow == 0 ? "avx2" : "avx512 if available")
+            }
         }
     }
+}
+
+@Suite struct MatmulKernelTests {
+    static let tolerance = 1e-5
 
     @Test(arguments: allSpecs)
     func fastPathMatchesReference(spec: QuantSpec) throws {
@@ -122,7 +130,7 @@ struct PackedCase {
                 let label = "\(spec) \(rows)x\(cols) n=\(n)"
                 let yRef = c.forward(x, n: n, slices: 1, reference: true)
                 let dxRef = c.backward(dy, n: n, slices: 1, reference: true)
-                Self.bothVariants { variant in
+                KernelVariant.both { variant in
                     let y = c.forward(x, n: n, slices: 3, reference: false)
                     #expect(relativeError(y, yRef) < Self.tolerance, "forward \(label) \(variant)")
                     let dx = c.backward(dy, n: n, slices: 3, reference: false)
@@ -181,7 +189,7 @@ struct PackedCase {
         let c = try PackedCase(QuantSpec(type: .nf4, blockSize: 32, scaleKind: .f16), rows: 70, cols: 256, seed: 5)
         var rng = SeededGenerator(seed: 6)
         let x = rng.gaussian(count: n * 256), dy = rng.gaussian(count: n * 70)
-        Self.bothVariants { variant in
+        KernelVariant.both { variant in
             let y1 = c.forward(x, n: n, slices: 1, reference: false)
             let dx1 = c.backward(dy, n: n, slices: 1, reference: false)
             for slices in [2, 3, 5] {
@@ -199,7 +207,7 @@ struct PackedCase {
         let dy = rng.gaussian(count: n * rows), base = rng.gaussian(count: n * cols)
         let plain = c.backward(dy, n: n, slices: 2, reference: true)
         let expected = zip(plain, base).map { $0 + $1 }
-        Self.bothVariants { variant in
+        KernelVariant.both { variant in
             let summed = c.backward(dy, n: n, slices: 2, reference: false, into: base)
             #expect(relativeError(summed, expected) < Self.tolerance, "\(variant)")
         }

@@ -22,15 +22,9 @@ final class FakeMapping {
     }
 
     func view(rows: Int, cols: Int, spec: QuantSpec) -> qk_packed {
-        var v = qk_packed()
-        v.type = spec.type.code
-        v.block_size = Int32(spec.blockSize)
-        v.scale_kind = spec.scaleKind.code
-        v.rows = Int64(rows)
-        v.cols = Int64(cols)
-        v.codes = UnsafePointer(codes.baseAddress!.assumingMemoryBound(to: UInt8.self))
-        v.scales = UnsafeRawPointer(scales.baseAddress!)
-        return v
+        qk_packed(
+            spec: spec, rows: rows, cols: cols, codes: UnsafeRawPointer(codes.baseAddress!),
+            scales: UnsafeRawPointer(scales.baseAddress!))
     }
 
     deinit {
@@ -57,6 +51,8 @@ final class FakeMapping {
         let w = rng.gaussian(count: rows * cols, std: 0.05)
         let x = rng.gaussian(count: n * cols), dy = rng.gaussian(count: n * rows)
         var outputs: [[Float]] = []
+        KernelVariant.lock.lock()
+        defer { KernelVariant.lock.unlock() }
         for threads in [1, 2, 3] {
             let layer = try PackedLinear(
                 quantizing: w, outFeatures: rows, inFeatures: cols, spec: QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8),

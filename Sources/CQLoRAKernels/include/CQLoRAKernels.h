@@ -185,9 +185,10 @@ uint64_t qk_xxh64_digest(const qk_xxh64_state *state);
 // Each call computes one slice so that callers split the work across threads:
 // the forward writes columns [begin, end) of Y (rows of W), the backward writes
 // columns [begin, end) of dX (columns of W). Every element is summed in an
-// order fixed by n and W alone, so any split into slices that start at
-// multiples of qk_matmul_grain() gives the same result bit for bit (other
-// splits are correct too, only slower and summed in another order).
+// order fixed by n, W and the instruction set in use, so any split into
+// slices that start at multiples of qk_matmul_grain() gives the same result
+// bit for bit (other splits are correct too, only slower and summed in
+// another order).
 // Kernels never allocate: `scratch` is caller-owned, 64-byte aligned, at least
 // qk_matmul_scratch_floats() floats, and must not be shared by concurrent calls.
 // W is never materialized beyond a tile of at most 256 × 256 floats.
