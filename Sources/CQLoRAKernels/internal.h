@@ -46,7 +46,7 @@ int64_t qk_find_nonfinite_avx2(const float *x, int64_t n);
 // it, the dequantized-tile GEMM. Summation orders differ between the two, so
 // the choice depends on n and W only.
 #define QK_GEMV_MAX_N 4
-// The same for the AVX-512 4-bit path (qgemm_avx512.c).
+// The same for the AVX-512 path (qgemm_avx512.c).
 #define QK_GEMV512_MAX_N 8
 
 // Expands F(NT) with NT = n as a constant (n clamped to 1..4 or 1..8), so the
@@ -70,7 +70,7 @@ void qk_matmul_forward_avx2(float *restrict y, const float *restrict x, int64_t 
 void qk_matmul_backward_avx2(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
                              int64_t begin, int64_t end, int32_t accumulate, float *restrict scratch);
 void qk_block_steps_avx2(float *restrict d, const qk_packed *w, int64_t first, int64_t count);
-// qgemm_avx512.c: the 4-bit few-rows paths, when the CPU has AVX-512F.
+// qgemm_avx512.c: the few-rows paths, when the CPU has AVX-512F.
 int qk_gemv_avx512_applies(const qk_packed *w, int64_t n);
 void qk_gemv_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
                             int64_t begin, int64_t end);

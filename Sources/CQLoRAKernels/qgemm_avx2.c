@@ -7,7 +7,7 @@
 //   weights per lookup) and reassembled with unpacks; the unpacks leave the
 //   weights in a fixed interleaved order, so x (forward) or dx (backward) is
 //   permuted once per call to match it instead of shuffling every weight back.
-//   On CPUs with AVX-512F the 4-bit types take qgemm_avx512.c instead.
+//   On CPUs with AVX-512F every type takes qgemm_avx512.c instead.
 // - More rows (training): bound by arithmetic. A tile of W (at most 256 × 256)
 //   is dequantized once into scratch, laid out as 16-wide panels, and a 6 × 16
 //   register-blocked micro-kernel runs over it for every row of X, so the

@@ -1,9 +1,10 @@
-// AVX-512 decode for the few-rows products with 4-bit types, used by the AVX2
-// entry points when the CPU also has AVX-512F. In AVX2 a 16-entry fp32 table
-// lookup costs about 13 shuffles per 32 weights (qgemm_avx2.c), which caps a
-// core well below its share of memory bandwidth. AVX-512's vpermps looks up
-// 16 floats in a 16-entry table at once: one zero-extension, one shift and two
-// lookups per 32 weights, in natural order, so x and dx need no permutation.
+// AVX-512 decode for the few-rows products, used by the AVX2 entry points
+// when the CPU also has AVX-512F. In AVX2 a 16-entry fp32 table lookup costs
+// about 13 shuffles per 32 weights (qgemm_avx2.c), which caps a core well
+// below its share of memory bandwidth. AVX-512's vpermps looks up 16 floats in
+// a 16-entry table at once: one zero-extension, one shift and two lookups per
+// 32 weights, in natural order, so x and dx need no permutation. INT8 codes
+// are sign-extended and converted, 16 at a time.
 // Same numerics as the AVX2 path: each block's partial sum is scaled once.
 // 32 registers hold the sums of up to 8 rows of x, so this path also covers
 // small batches (QK_GEMV512_MAX_N) that AVX2 hands to the tiled GEMM.
@@ -27,7 +28,7 @@ int qk_matmul_allow_avx512(int allow) {
 #define AVX512_INLINE __attribute__((target("avx512f,avx2,fma,f16c"), always_inline)) static inline
 
 int qk_gemv_avx512_applies(const qk_packed *w, int64_t n) {
-    if (n > QK_GEMV512_MAX_N || w->type == QK_TYPE_INT8 || w->cols % w->block_size != 0) return 0;
+    if (n > QK_GEMV512_MAX_N || w->cols % w->block_size != 0) return 0;
     if (!atomic_load_explicit(&allow_avx512, memory_order_relaxed)) return 0;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f");
@@ -40,55 +41,84 @@ AVX512 static __m512 table_of(int32_t type) {
     return _mm512_loadu_ps(t);
 }
 
-// 16 code bytes: low nibbles (weights h..h+15 of the block) and high nibbles
-// (weights B/2+h..B/2+h+15). vpermps reads only the low four bits of an index.
-AVX512_INLINE void decode16(__m512 *lo, __m512 *hi, const uint8_t *c, __m512 table) {
-    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)c));
-    *lo = _mm512_permutexvar_ps(v, table);
-    *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), table);
-}
-
-enum { STEPS = 64 };
-
-AVX512_INLINE void forward_rows(float *restrict y, const float *restrict x, const qk_packed *w, int64_t begin,
-                                int64_t end, const int NT) {
-    const int64_t in = w->cols, out = w->rows, B = w->block_size, h = B / 2, bpr = in / B;
-    const size_t bb = qk_block_bytes(w->type, w->block_size);
-    const __m512 table = table_of(w->type);
-    float d[STEPS];
-    for (int64_t o = begin; o < end; o++) {
-        __m512 acc[QK_GEMV512_MAX_N];
-        for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
-        const uint8_t *c = w->codes + (size_t)(o * bpr) * bb;
-        for (int64_t b = 0; b < bpr; b++, c += bb) {
-            if (b % STEPS == 0) qk_block_steps_avx2(d, w, o * bpr + b, bpr - b < STEPS ? bpr - b : STEPS);
-            __m512 p0[QK_GEMV512_MAX_N], p1[QK_GEMV512_MAX_N];
-            for (int t = 0; t < NT; t++) p0[t] = p1[t] = _mm512_setzero_ps();
-            for (int64_t j = 0; j < h; j += 16) {
-                __m512 lo, hi;
-                decode16(&lo, &hi, c + j, table);
-                for (int t = 0; t < NT; t++) {
-                    const float *xb = x + t * in + b * B + j;
-                    p0[t] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xb), p0[t]);
-                    p1[t] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + h), p1[t]);
-                }
-            }
-            const __m512 step = _mm512_set1_ps(d[b % STEPS]);
-            for (int t = 0; t < NT; t++) acc[t] = _mm512_fmadd_ps(_mm512_add_ps(p0[t], p1[t]), step, acc[t]);
-        }
-        for (int t = 0; t < NT; t++) y[t * out + o] = _mm512_reduce_add_ps(acc[t]);
+// A unit is 32 weights of a block, decoded into two vectors of code values
+// (not yet scaled). 4-bit, unit u: code bytes 16u..16u+15, whose low nibbles
+// are weights 16u.. of the block and high nibbles weights B/2+16u.. (vpermps
+// reads only the low four bits of an index). INT8: weights 32u..32u+31.
+AVX512_INLINE void decode_unit(__m512 *v0, __m512 *v1, const uint8_t *c, int64_t u, __m512 table, const int int8) {
+    if (int8) {
+        *v0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(c + 32 * u))));
+        *v1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(c + 32 * u + 16))));
+    } else {
+        const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(c + 16 * u)));
+        *v0 = _mm512_permutexvar_ps(q, table);
+        *v1 = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
     }
 }
 
-// dx[:, begin:end] += dy · W over whole blocks, rows of W four at a time
-// (each dx vector loaded and stored once per four rows, rows summed in order).
-// Rows [o, o + R) of W (R a constant: the loop over rows unrolls) over blocks
-// [b0, b1) of the slice: dx += dy[:, o..o+R) · W[o..o+R, slice].
-AVX512_INLINE void backward_group(float *restrict dx, const float *restrict dy, const qk_packed *w, int64_t o,
-                                  int64_t b0, int64_t b1, const int NT, const int R) {
-    const int64_t in = w->cols, out = w->rows, B = w->block_size, h = B / 2, bpr = in / B;
+// Where the two vectors of unit u start within the block.
+static inline int64_t unit_pos0(int64_t u, const int int8) { return int8 ? 32 * u : 16 * u; }
+static inline int64_t unit_pos1(int64_t u, int64_t B, const int int8) { return int8 ? 32 * u + 16 : B / 2 + 16 * u; }
+
+enum { STEPS = 64 };
+
+// Rows [o, o + R) of y = x·Wᵀ for NT rows of x. The R rows of W share every
+// load of x; each (row of W, row of x) pair keeps two partial sums per block.
+AVX512_INLINE void forward_group(float *restrict y, const float *restrict x, const qk_packed *w, int64_t o,
+                                 const int NT, const int R, const int int8) {
+    const int64_t in = w->cols, out = w->rows, B = w->block_size, bpr = in / B;
     const size_t bb = qk_block_bytes(w->type, w->block_size);
-    const __m512 table = table_of(w->type);
+    const __m512 table = int8 ? _mm512_setzero_ps() : table_of(w->type);
+    float d[4][STEPS];
+    __m512 acc[4][QK_GEMV512_MAX_N];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < bpr; b++) {
+        if (b % STEPS == 0)
+            for (int r = 0; r < R; r++)
+                qk_block_steps_avx2(d[r], w, (o + r) * bpr + b, bpr - b < STEPS ? bpr - b : STEPS);
+        __m512 p0[4][QK_GEMV512_MAX_N], p1[4][QK_GEMV512_MAX_N];
+        for (int r = 0; r < R; r++)
+            for (int t = 0; t < NT; t++) p0[r][t] = p1[r][t] = _mm512_setzero_ps();
+        for (int64_t u = 0; u < B / 32; u++) {
+            const int64_t j0 = b * B + unit_pos0(u, int8), j1 = b * B + unit_pos1(u, B, int8);
+            for (int r = 0; r < R; r++) {
+                __m512 v0, v1;
+                decode_unit(&v0, &v1, w->codes + (size_t)((o + r) * bpr + b) * bb, u, table, int8);
+                for (int t = 0; t < NT; t++) {
+                    p0[r][t] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(x + t * in + j0), p0[r][t]);
+                    p1[r][t] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(x + t * in + j1), p1[r][t]);
+                }
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            const __m512 step = _mm512_set1_ps(d[r][b % STEPS]);
+            for (int t = 0; t < NT; t++) acc[r][t] = _mm512_fmadd_ps(_mm512_add_ps(p0[r][t], p1[r][t]), step, acc[r][t]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < NT; t++) y[t * out + o + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+// Rows [begin, end) of y: R rows of W at a time while the sums of R · NT
+// pairs fit in registers, the rest one by one.
+AVX512_INLINE void forward_rows(float *restrict y, const float *restrict x, const qk_packed *w, int64_t begin,
+                                int64_t end, const int NT, const int int8) {
+    const int R = NT == 1 ? 4 : NT == 2 ? 2 : 1;
+    int64_t o = begin;
+    for (; o + R <= end; o += R) forward_group(y, x, w, o, NT, R, int8);
+    for (; o < end; o++) forward_group(y, x, w, o, NT, 1, int8);
+}
+
+// Rows [o, o + R) of W (R a constant: the loop over rows unrolls) over blocks
+// [b0, b1) of the slice: dx += dy[:, o..o+R) · W[o..o+R, slice]. Each dx
+// vector is loaded and stored once per R rows; every dx element still sums
+// the rows of W in order, one FMA each.
+AVX512_INLINE void backward_group(float *restrict dx, const float *restrict dy, const qk_packed *w, int64_t o,
+                                  int64_t b0, int64_t b1, const int NT, const int R, const int int8) {
+    const int64_t in = w->cols, out = w->rows, B = w->block_size, bpr = in / B;
+    const size_t bb = qk_block_bytes(w->type, w->block_size);
+    const __m512 table = int8 ? _mm512_setzero_ps() : table_of(w->type);
     float d[4][STEPS];
     for (int64_t b = b0; b < b1; b++) {
         if ((b - b0) % STEPS == 0)
@@ -100,42 +130,44 @@ AVX512_INLINE void backward_group(float *restrict dx, const float *restrict dy, 
             for (int t = 0; t < NT; t++) s[r][t] = dy[t * out + o + r] * d[r][(b - b0) % STEPS];
             c[r] = w->codes + (size_t)((o + r) * bpr + b) * bb;
         }
-        for (int64_t j = 0; j < h; j += 16) {
-            __m512 vlo[QK_GEMV512_MAX_N], vhi[QK_GEMV512_MAX_N];
+        for (int64_t u = 0; u < B / 32; u++) {
+            float *d0 = dx + b * B + unit_pos0(u, int8), *d1 = dx + b * B + unit_pos1(u, B, int8);
+            __m512 a0[QK_GEMV512_MAX_N], a1[QK_GEMV512_MAX_N];
             for (int t = 0; t < NT; t++) {
-                vlo[t] = _mm512_loadu_ps(dx + t * in + b * B + j);
-                vhi[t] = _mm512_loadu_ps(dx + t * in + b * B + h + j);
+                a0[t] = _mm512_loadu_ps(d0 + t * in);
+                a1[t] = _mm512_loadu_ps(d1 + t * in);
             }
             for (int r = 0; r < R; r++) {
-                __m512 lo, hi;
-                decode16(&lo, &hi, c[r] + j, table);
+                __m512 v0, v1;
+                decode_unit(&v0, &v1, c[r], u, table, int8);
                 for (int t = 0; t < NT; t++) {
                     const __m512 st = _mm512_set1_ps(s[r][t]);
-                    vlo[t] = _mm512_fmadd_ps(st, lo, vlo[t]);
-                    vhi[t] = _mm512_fmadd_ps(st, hi, vhi[t]);
+                    a0[t] = _mm512_fmadd_ps(st, v0, a0[t]);
+                    a1[t] = _mm512_fmadd_ps(st, v1, a1[t]);
                 }
             }
             for (int t = 0; t < NT; t++) {
-                _mm512_storeu_ps(dx + t * in + b * B + j, vlo[t]);
-                _mm512_storeu_ps(dx + t * in + b * B + h + j, vhi[t]);
+                _mm512_storeu_ps(d0 + t * in, a0[t]);
+                _mm512_storeu_ps(d1 + t * in, a1[t]);
             }
         }
     }
 }
 
-// dx[:, begin:end] += dy · W over whole blocks, rows of W four at a time
-// (each dx vector loaded and stored once per four rows, rows summed in order).
+// dx[:, begin:end] += dy · W over whole blocks, rows of W four at a time.
 AVX512_INLINE void backward_rows(float *restrict dx, const float *restrict dy, const qk_packed *w, int64_t begin,
-                                 int64_t end, const int NT) {
+                                 int64_t end, const int NT, const int int8) {
     const int64_t B = w->block_size, b0 = begin / B, b1 = end / B;
     int64_t o = 0;
-    for (; o + 4 <= w->rows; o += 4) backward_group(dx, dy, w, o, b0, b1, NT, 4);
-    for (; o < w->rows; o++) backward_group(dx, dy, w, o, b0, b1, NT, 1);
+    for (; o + 4 <= w->rows; o += 4) backward_group(dx, dy, w, o, b0, b1, NT, 4, int8);
+    for (; o < w->rows; o++) backward_group(dx, dy, w, o, b0, b1, NT, 1, int8);
 }
 
 AVX512 void qk_gemv_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
                                    int64_t begin, int64_t end) {
-#define FWD(NT) forward_rows(y, x, w, begin, end, NT);
+#define FWD(NT)                                                                                \
+    if (w->type == QK_TYPE_INT8) forward_rows(y, x, w, begin, end, NT, 1);                     \
+    else forward_rows(y, x, w, begin, end, NT, 0);
     QK_FOR_ROWS8(n, FWD)
 #undef FWD
 }
@@ -144,7 +176,9 @@ AVX512 void qk_gemv_backward_avx512(float *restrict dx, const float *restrict dy
                                     int64_t begin, int64_t end, int32_t accumulate) {
     if (!accumulate)
         for (int64_t i = 0; i < n; i++) memset(dx + i * w->cols + begin, 0, (size_t)(end - begin) * sizeof(float));
-#define BWD(NT) backward_rows(dx, dy, w, begin, end, NT);
+#define BWD(NT)                                                                                \
+    if (w->type == QK_TYPE_INT8) backward_rows(dx, dy, w, begin, end, NT, 1);                  \
+    else backward_rows(dx, dy, w, begin, end, NT, 0);
     QK_FOR_ROWS8(n, BWD)
 #undef BWD
 }

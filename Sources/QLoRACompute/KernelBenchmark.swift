@@ -262,7 +262,7 @@ public final class KernelBenchmark {
 
     private static func isaName(_ isa: qk_isa, cpuFlags: Set<Substring>) -> String {
         switch isa {
-        case QK_ISA_AVX2: cpuFlags.contains("avx512f") ? "AVX2+FMA, AVX-512F for 4-bit decode" : "AVX2+FMA"
+        case QK_ISA_AVX2: cpuFlags.contains("avx512f") ? "AVX2+FMA, AVX-512F for few-rows decode" : "AVX2+FMA"
         case QK_ISA_NEON: "NEON"
         default: "scalar"
         }

@@ -22,7 +22,7 @@ let allSpecs: [QuantSpec] = QuantType.allCases.flatMap { type in
 /// (out, in): aligned rows, rows straddling blocks, a single short row.
 let awkwardShapes = [(37, 512), (19, 100), (5, 33)]
 /// Around the path switches: fused decode up to 4 rows (AVX2) or 8 (AVX-512,
-/// 4-bit types), the tiled GEMM above.
+/// every type), the tiled GEMM above.
 let batchSizes = [1, 3, 4, 5, 8, 9, 17]
 
 /// ‖a − b‖ / ‖b‖ in double precision.
