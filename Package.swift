@@ -3,7 +3,7 @@ import PackageDescription
 
 let package = Package(
     name: "QLoRAKit",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .library(name: "QLoRAKit", targets: ["QLoRAKit"]),
         .executable(name: "qlora", targets: ["qlora"]),

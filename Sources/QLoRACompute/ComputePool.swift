@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Splits a kernel's work across threads and owns the scratch memory each
 /// thread's share needs, so the C kernels never allocate.
@@ -9,7 +10,7 @@ import Foundation
 /// count every run performs the same floating-point operations in the same
 /// order: results are bitwise reproducible.
 ///
-/// The worker threads are started once and sleep between calls; a call
+/// The worker threads are started once and wait between calls; a call
 /// allocates nothing once the scratch has grown to its size (libdispatch's
 /// concurrentPerform allocates on every call, hence threads of our own).
 /// One call runs at a time (concurrent callers queue: a call already uses
@@ -122,14 +123,25 @@ private struct Job {
     }
 }
 
-/// Sleeping worker threads woken once per job. They hold this object, not
-/// the pool, so a pool can be released (which stops them).
+/// Worker threads woken once per job. Decoding a token is a few hundred
+/// short parallel calls in a row, so a futex sleep and wake-up per call
+/// (tens of microseconds) would cost as much as the products themselves:
+/// workers and the caller first spin for a while on atomics, and only sleep
+/// on the condition when no job comes (or no worker finishes) within
+/// `spinLimit` polls. Workers hold this object, not the pool, so a pool can
+/// be released (which stops them).
 private final class Workers: @unchecked Sendable {
+    /// Polls before sleeping: roughly 50–100 µs, longer than the gap between
+    /// two calls of a decode step and far shorter than a scheduler tick.
+    private static let spinLimit = 20_000
+
     private let signal = NSCondition()
+    private let generation = Atomic<Int>(0)
+    private let pending = Atomic<Int>(0)
+    private let stopping = Atomic<Bool>(false)
+    // Written by `run` before it publishes the job through `generation`
+    // (release), read by workers after they observe it (acquire).
     private var job: Job?
-    private var generation = 0
-    private var pending = 0
-    private var stopping = false
 
     private let count: Int
     private var started = 0
@@ -148,42 +160,55 @@ private final class Workers: @unchecked Sendable {
     }
 
     func run(_ job: Job) {
-        signal.lock()
         self.job = job
-        generation += 1
-        pending = count
-        signal.broadcast()
-        signal.unlock()
+        pending.store(count, ordering: .relaxed)
+        generation.add(1, ordering: .releasing)
+        wakeSleepers()
         job(0)
-        signal.lock()
-        while pending > 0 { signal.wait() }
+        if !spin(until: { pending.load(ordering: .acquiring) == 0 }) {
+            signal.lock()
+            while pending.load(ordering: .acquiring) > 0 { signal.wait() }
+            signal.unlock()
+        }
         self.job = nil
-        signal.unlock()
     }
 
     func stop() {
+        stopping.store(true, ordering: .releasing)
+        wakeSleepers()
+    }
+
+    /// Broadcasts under the lock: a thread that checked its condition before
+    /// the atomic changed is then inside `wait` and gets the wake-up.
+    private func wakeSleepers() {
         signal.lock()
-        stopping = true
         signal.broadcast()
         signal.unlock()
+    }
+
+    /// Polls `done` up to `spinLimit` times; whether it became true.
+    private func spin(until done: () -> Bool) -> Bool {
+        for _ in 0..<Self.spinLimit where done() { return true }
+        return done()
     }
 
     private func loop(_ index: Int) {
         signal.lock()
         started += 1
         signal.broadcast()
-        var seen = generation
-        while true {
-            while generation == seen && !stopping { signal.wait() }
-            if stopping { break }
-            seen = generation
-            let job = self.job!
-            signal.unlock()
-            job(index)
-            signal.lock()
-            pending -= 1
-            if pending == 0 { signal.broadcast() }
-        }
         signal.unlock()
+        var seen = 0
+        while true {
+            let posted = { self.generation.load(ordering: .acquiring) != seen || self.stopping.load(ordering: .acquiring) }
+            if !spin(until: posted) {
+                signal.lock()
+                while !posted() { signal.wait() }
+                signal.unlock()
+            }
+            if stopping.load(ordering: .acquiring) { break }
+            seen = generation.load(ordering: .acquiring)
+            job!(index)
+            if pending.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { wakeSleepers() }
+        }
     }
 }

@@ -1,6 +1,10 @@
 import COpenBLAS
 
 extension GroupedQueryAttention {
+    /// Multiply-adds of QKᵀ (as many again for PV) below which cached
+    /// attention runs on the calling thread.
+    static let parallelWork = 1 << 20
+
     /// Floats of scratch `forward(q:rows:start:keys:values:into:scratch:)`
     /// needs for up to `rows` new tokens in a cache of `capacity` tokens.
     func cachedScratchCount(rows: Int, capacity: Int) -> Int {
@@ -23,7 +27,10 @@ extension GroupedQueryAttention {
                  into out: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>) {
         let hd = headDimension, qw = queryWidth, kw = kvWidth, group = heads / kvHeads
         let perChunk = min(n, Self.queryBlock) * (start + n)
-        Parallel.forEachChunk(heads) { chunk, items in
+        // Decoding one token over a short context is a few hundred thousand
+        // multiply-adds: less than starting the other threads costs.
+        let parallel = n * (start + n) * hd * heads >= Self.parallelWork
+        Parallel.forEachChunk(heads, grain: parallel ? 1 : heads) { chunk, items in
             let p = scratch + chunk * perChunk // [block, keys]
             for h in items {
                 let qh = q + h * hd, kg = k + (h / group) * hd, vg = v + (h / group) * hd
