@@ -17,7 +17,8 @@ Not part of the Swift package: the Python side is installed outside the project
            most 3·repeat). Figures are medians over the quiet runs, or over all when none was quiet.
   quality  the embedded stories260K fine-tuning set: `qlora train` with the same settings over
            the NF4/64/double-quant packed base (QLoRA) and over the fp32 folder (LoRA); the
-           final validation losses (completion tokens) and their ratio.
+           final validation losses (completion tokens) and their ratio, once per --seeds value
+           (seed of the LoRA initialisation, dropout and data order), with their median and range.
 
 Usage:  python3 compare.py speed   --qlora .build/release/qlora [--python /tmp/hfenv/bin/python] [--repeat 3]
         python3 compare.py quality --qlora .build/release/qlora
@@ -198,32 +199,39 @@ def speed(args):
 
 
 def quality(args):
-    """QLoRA (packed NF4 base) against LoRA (fp32 base) on the embedded fine-tuning set."""
+    """QLoRA (packed NF4 base) against LoRA (fp32 base) on the embedded fine-tuning set, once per seed."""
     data = args.data
     work = os.path.join(args.workdir, "quality")
     os.makedirs(work, exist_ok=True)
     packed = os.path.join(work, "stories260K-nf4.qlora")
     subprocess.run([args.qlora, "quantize", data, "--output", packed, "--type", "nf4", "--block-size", "64",
                     "--double-quant"], check=True, capture_output=True)
-    settings = ["--data", data, "--steps", str(args.steps), "--batch-size", "8", "--rank", str(args.rank),
-                "--alpha", str(2 * args.rank), "--learning-rate", str(args.learning_rate), "--schedule", "cosine",
-                "--warmup", "10", "--eval-every", str(args.steps),
-                "--max-seq-len", "512", "--seed", "42", "--no-eos"]
-    results = {}
-    for label, model in [("QLoRA (NF4/64/DQ base)", packed), ("LoRA (fp32 base)", data)]:
-        out = os.path.join(work, "qlora" if model == packed else "lora")
-        subprocess.run(["rm", "-rf", out], check=True)
-        subprocess.run([args.qlora, "train", "--model", model, "--output", out] + settings, check=True, capture_output=True)
-        records = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
-        valid = [r["valid_loss"] for r in records if "valid_loss" in r]
-        results[label] = {"initial_valid_loss": valid[0], "final_valid_loss": valid[-1],
-                          "final_train_loss": [r["loss"] for r in records if "loss" in r][-1]}
-        print(f"{label:24} validation loss {valid[0]:.4f} -> {valid[-1]:.4f}")
-    q, l = results["QLoRA (NF4/64/DQ base)"], results["LoRA (fp32 base)"]
-    ratio = q["final_valid_loss"] / l["final_valid_loss"]
-    print(f"final validation loss QLoRA / LoRA = {ratio:.4f} ({100 * (ratio - 1):+.2f} %)")
-    results["ratio"] = ratio
-    return results
+    runs = []
+    for seed in args.seeds:
+        settings = ["--data", data, "--steps", str(args.steps), "--batch-size", "8", "--rank", str(args.rank),
+                    "--alpha", str(2 * args.rank), "--learning-rate", str(args.learning_rate), "--schedule", "cosine",
+                    "--warmup", "10", "--eval-every", str(args.steps),
+                    "--max-seq-len", "512", "--seed", str(seed), "--no-eos"]
+        results = {"seed": seed}
+        for label, model in [("QLoRA (NF4/64/DQ base)", packed), ("LoRA (fp32 base)", data)]:
+            out = os.path.join(work, "qlora" if model == packed else "lora")
+            subprocess.run(["rm", "-rf", out], check=True)
+            subprocess.run([args.qlora, "train", "--model", model, "--output", out] + settings, check=True,
+                           capture_output=True)
+            records = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
+            valid = [r["valid_loss"] for r in records if "valid_loss" in r]
+            results[label] = {"initial_valid_loss": valid[0], "final_valid_loss": valid[-1],
+                              "final_train_loss": [r["loss"] for r in records if "loss" in r][-1]}
+            print(f"seed {seed}  {label:24} validation loss {valid[0]:.4f} -> {valid[-1]:.4f}", flush=True)
+        q, l = results["QLoRA (NF4/64/DQ base)"], results["LoRA (fp32 base)"]
+        results["ratio"] = q["final_valid_loss"] / l["final_valid_loss"]
+        print(f"seed {seed}  final validation loss QLoRA / LoRA = {results['ratio']:.4f} "
+              f"({100 * (results['ratio'] - 1):+.2f} %)", flush=True)
+        runs.append(results)
+    ratios = [r["ratio"] for r in runs]
+    print(f"over {len(runs)} seeds: median {statistics.median(ratios):.4f}, "
+          f"min {min(ratios):.4f}, max {max(ratios):.4f}")
+    return {"runs": runs, "median_ratio": statistics.median(ratios), "max_ratio": max(ratios)}
 
 
 def main():
@@ -236,6 +244,7 @@ def main():
     ap.add_argument("--steps", type=int, default=400, help="quality: optimizer steps (batch 8)")
     ap.add_argument("--rank", type=int, default=16, help="quality: LoRA rank (alpha is twice the rank)")
     ap.add_argument("--learning-rate", type=float, default=5e-4, help="quality: peak learning rate (cosine, 10 warm-up steps)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42], help="quality: one QLoRA/LoRA pair per seed")
     ap.add_argument("--repeat", type=int, default=3, help="speed: clean runs per case")
     ap.add_argument("--only", nargs="*", help="speed: cases whose label contains one of these")
     ap.add_argument("--max-wait", type=float, default=300, help="speed: seconds to wait for a quiet machine before each run")
