@@ -5,7 +5,8 @@
 // a 16-entry table at once: one zero-extension, one shift and two lookups per
 // 32 weights, in natural order, so x and dx need no permutation. INT8 codes
 // are sign-extended and converted, 16 at a time.
-// Same numerics as the AVX2 path: each block's partial sum is scaled once.
+// The forward scales each block's lookup table (4-bit) or partial sums
+// (INT8) once; the backward scales dy by the block step once per block.
 // 32 registers hold the sums of up to 8 rows of x, so this path also covers
 // small batches (QK_GEMV512_MAX_N) that AVX2 hands to the tiled GEMM.
 #include "CQLoRAKernels.h"
@@ -63,48 +64,60 @@ static inline int64_t unit_pos1(int64_t u, int64_t B, const int int8) { return i
 enum { STEPS = 64 };
 
 // Rows [o, o + R) of y = x·Wᵀ for NT rows of x. The R rows of W share every
-// load of x; each (row of W, row of x) pair keeps two partial sums per block.
+// load of x. 4-bit types: each block's 16-entry table is scaled by the block
+// step once, so the lookups yield the dequantized weights themselves (bit for
+// bit the reference's) and go straight into the running sums. INT8: each
+// block's partial sums of code · x are scaled once.
 AVX512_INLINE void forward_group(float *restrict y, const float *restrict x, const qk_packed *w, int64_t o,
                                  const int NT, const int R, const int int8) {
     const int64_t in = w->cols, out = w->rows, B = w->block_size, bpr = in / B;
     const size_t bb = qk_block_bytes(w->type, w->block_size);
     const __m512 table = int8 ? _mm512_setzero_ps() : table_of(w->type);
     float d[4][STEPS];
-    __m512 acc[4][QK_GEMV512_MAX_N];
+    __m512 a0[4][QK_GEMV512_MAX_N], a1[4][QK_GEMV512_MAX_N];
     for (int r = 0; r < R; r++)
-        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
+        for (int t = 0; t < NT; t++) a0[r][t] = a1[r][t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < bpr; b++) {
         if (b % STEPS == 0)
             for (int r = 0; r < R; r++)
                 qk_block_steps_avx2(d[r], w, (o + r) * bpr + b, bpr - b < STEPS ? bpr - b : STEPS);
-        __m512 p0[4][QK_GEMV512_MAX_N], p1[4][QK_GEMV512_MAX_N];
-        for (int r = 0; r < R; r++)
+        __m512 scaled[4], p0[4][QK_GEMV512_MAX_N], p1[4][QK_GEMV512_MAX_N];
+        for (int r = 0; r < R; r++) {
+            if (!int8) scaled[r] = _mm512_mul_ps(table, _mm512_set1_ps(d[r][b % STEPS]));
             for (int t = 0; t < NT; t++) p0[r][t] = p1[r][t] = _mm512_setzero_ps();
+        }
         for (int64_t u = 0; u < B / 32; u++) {
             const int64_t j0 = b * B + unit_pos0(u, int8), j1 = b * B + unit_pos1(u, B, int8);
             for (int r = 0; r < R; r++) {
                 __m512 v0, v1;
-                decode_unit(&v0, &v1, w->codes + (size_t)((o + r) * bpr + b) * bb, u, table, int8);
+                decode_unit(&v0, &v1, w->codes + (size_t)((o + r) * bpr + b) * bb, u, int8 ? table : scaled[r], int8);
                 for (int t = 0; t < NT; t++) {
-                    p0[r][t] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(x + t * in + j0), p0[r][t]);
-                    p1[r][t] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(x + t * in + j1), p1[r][t]);
+                    const __m512 x0 = _mm512_loadu_ps(x + t * in + j0), x1 = _mm512_loadu_ps(x + t * in + j1);
+                    if (int8) {
+                        p0[r][t] = _mm512_fmadd_ps(v0, x0, p0[r][t]);
+                        p1[r][t] = _mm512_fmadd_ps(v1, x1, p1[r][t]);
+                    } else {
+                        a0[r][t] = _mm512_fmadd_ps(v0, x0, a0[r][t]);
+                        a1[r][t] = _mm512_fmadd_ps(v1, x1, a1[r][t]);
+                    }
                 }
             }
         }
-        for (int r = 0; r < R; r++) {
-            const __m512 step = _mm512_set1_ps(d[r][b % STEPS]);
-            for (int t = 0; t < NT; t++) acc[r][t] = _mm512_fmadd_ps(_mm512_add_ps(p0[r][t], p1[r][t]), step, acc[r][t]);
-        }
+        if (int8)
+            for (int r = 0; r < R; r++) {
+                const __m512 step = _mm512_set1_ps(d[r][b % STEPS]);
+                for (int t = 0; t < NT; t++) a0[r][t] = _mm512_fmadd_ps(_mm512_add_ps(p0[r][t], p1[r][t]), step, a0[r][t]);
+            }
     }
     for (int r = 0; r < R; r++)
-        for (int t = 0; t < NT; t++) y[t * out + o + r] = _mm512_reduce_add_ps(acc[r][t]);
+        for (int t = 0; t < NT; t++) y[t * out + o + r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r][t], a1[r][t]));
 }
 
 // Rows [begin, end) of y: R rows of W at a time while the sums of R · NT
 // pairs fit in registers, the rest one by one.
 AVX512_INLINE void forward_rows(float *restrict y, const float *restrict x, const qk_packed *w, int64_t begin,
                                 int64_t end, const int NT, const int int8) {
-    const int R = NT == 1 ? 4 : NT == 2 ? 2 : 1;
+    const int R = NT == 1 ? 4 : NT <= 4 ? 2 : 1;
     int64_t o = begin;
     for (; o + R <= end; o += R) forward_group(y, x, w, o, NT, R, int8);
     for (; o < end; o++) forward_group(y, x, w, o, NT, 1, int8);
