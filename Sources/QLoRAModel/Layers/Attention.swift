@@ -11,10 +11,10 @@ import QLoRACompute
 ///
 /// Queries go in blocks of `queryBlock` rows, each against only the keys it
 /// can see (causality and the window bound them), so the work is about half
-/// of the full T×T. The query heads that share a kv head are stacked into one
-/// operand (see `headsPerPass`), so the scratch is [heads·queryBlock, T]
-/// per core; keys and values are read in place from the [n, KV·hd] buffers.
-/// (batch, kv head) pairs run concurrently.
+/// of the full T×T and the scratch is [queryBlock, T] per core. Every product
+/// is one OpenBLAS call on strided views of the [n, heads·hd] buffers, so
+/// nothing is transposed into head-major order. (batch, head) pairs run
+/// concurrently.
 ///
 /// Cache for backward: q, k, v (as given to forward) and the log-sum-exp of
 /// each score row, lse [B, H, T]. Backward recomputes the probabilities from
@@ -44,10 +44,10 @@ public struct GroupedQueryAttention: Sendable {
 
     /// Floats of scratch that forward and backward need for `batch` sequences of `length` tokens.
     public func scratchCount(batch: Int, length: Int) -> Int {
-        Parallel.chunkCount(for: batch * kvHeads * passesPerGroup) * scratchPerChunk(length: length)
+        Parallel.chunkCount(for: batch * heads) * scratchPerChunk(length: length)
     }
 
-    private func scratchPerChunk(length t: Int) -> Int { stackedRowCapacity(length: t) * 2 * (t + headDimension) }
+    private func scratchPerChunk(length t: Int) -> Int { 2 * min(t, Self.queryBlock) * t }
 
     /// The keys [start, end) that queries [q0, q1) can see: none before the
     /// window of q0 or before the start of q0's sequence (`sequences` is the
@@ -76,31 +76,25 @@ public struct GroupedQueryAttention: Sendable {
                         mask: UnsafePointer<UInt8>?, sequenceIDs: UnsafePointer<Int32>? = nil, batch: Int, length t: Int,
                         into out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                         scratch: UnsafeMutablePointer<Float>) {
-        let hd = headDimension, qw = queryWidth, kw = kvWidth, group = heads / kvHeads, passes = passesPerGroup
-        Parallel.forEachChunk(batch * kvHeads * passes) { chunk, items in
-            let s = Scratch(self, scratch, chunk: chunk, length: t)
+        let hd = headDimension, qw = queryWidth, kw = kvWidth, group = heads / kvHeads
+        Parallel.forEachChunk(batch * heads) { chunk, items in
+            let p = scratch + chunk * scratchPerChunk(length: t) // [block, keys]
             for item in items {
-                let b = item / (kvHeads * passes), g = item / passes % kvHeads
-                let h0 = g * group + item % passes * headsPerPass, hc = min(headsPerPass, (g + 1) * group - h0)
-                let kg = k + b * t * kw + g * hd, vg = v + b * t * kw + g * hd
-                let rowMask = mask.map { $0 + b * t }, rowSequences = sequenceIDs.map { $0 + b * t }
+                let b = item / heads, h = item % heads, g = h / group
+                let qh = q + b * t * qw + h * hd, kg = k + b * t * kw + g * hd, vg = v + b * t * kw + g * hd
+                let rowLSE = lse + (b * heads + h) * t, rowMask = mask.map { $0 + b * t }
+                let rowSequences = sequenceIDs.map { $0 + b * t }
                 for q0 in stride(from: 0, to: t, by: Self.queryBlock) {
                     let q1 = min(t, q0 + Self.queryBlock), keys = keys(forQueries: q0, q1, sequences: rowSequences)
-                    let rows = q1 - q0, stacked = hc * rows, k0 = keys.lowerBound
-                    let block = q + (b * t + q0) * qw + h0 * hd
-                    gather(block, heads: hc, rows: rows, into: s.queries)
-                    stackedScores(s.queries, kg, rows: stacked, keys: keys, into: s.probabilities)
-                    for j in 0..<hc {
-                        let rowLSE = lse + (b * heads + h0 + j) * t
-                        for i in q0..<q1 {
-                            rowLSE[i] = softmaxRow(s.probabilities + (j * rows + i - q0) * keys.count, query: i, keys: keys,
-                                                   mask: rowMask, sequences: rowSequences)
-                        }
+                    scores(qh, kg, queries: q0..<q1, keys: keys, into: p)
+                    for i in q0..<q1 {
+                        rowLSE[i] = softmaxRow(p + (i - q0) * keys.count, query: i, keys: keys, mask: rowMask,
+                                               sequences: rowSequences)
                     }
-                    // O [stacked, hd] = P [stacked, keys] · v_g[keys] [keys, hd]
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(stacked), Int32(hd), Int32(keys.count),
-                                1, s.probabilities, Int32(keys.count), vg + k0 * kw, Int32(kw), 0, s.outputs, Int32(hd))
-                    scatter(s.outputs, heads: hc, rows: rows, into: out + (b * t + q0) * qw + h0 * hd)
+                    // out_h[q0..<q1] [rows, hd] = P [rows, keys] · v_g[keys] [keys, hd]
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(q1 - q0), Int32(hd), Int32(keys.count),
+                                1, p, Int32(keys.count), vg + keys.lowerBound * kw, Int32(kw),
+                                0, out + b * t * qw + q0 * qw + h * hd, Int32(qw))
                 }
             }
         }
@@ -121,9 +115,10 @@ public struct GroupedQueryAttention: Sendable {
                          dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
                          scratch: UnsafeMutablePointer<Float>) {
         let hd = headDimension, qw = queryWidth, kw = kvWidth, group = heads / kvHeads
-        let hd32 = Int32(hd), kw32 = Int32(kw)
+        let hd32 = Int32(hd), qw32 = Int32(qw), kw32 = Int32(kw)
         Parallel.forEachChunk(batch * kvHeads) { chunk, items in
-            let s = Scratch(self, scratch, chunk: chunk, length: t)
+            let p = scratch + chunk * scratchPerChunk(length: t) // P [block, keys]
+            let dp = p + scratchPerChunk(length: t) / 2           // dP, then dS [block, keys]
             for item in items {
                 let b = item / kvHeads, g = item % kvHeads
                 let kg = k + b * t * kw + g * hd, vg = v + b * t * kw + g * hd
@@ -133,96 +128,37 @@ public struct GroupedQueryAttention: Sendable {
                     (dkg + row * kw).update(repeating: 0, count: hd)
                     (dvg + row * kw).update(repeating: 0, count: hd)
                 }
-                for h0 in stride(from: g * group, to: (g + 1) * group, by: headsPerPass) {
-                    let hc = min(headsPerPass, (g + 1) * group - h0)
+                for h in (g * group)..<((g + 1) * group) {
+                    let qh = q + b * t * qw + h * hd, doh = dout + b * t * qw + h * hd, dqh = dq + b * t * qw + h * hd
+                    let rowLSE = lse + (b * heads + h) * t
                     for q0 in stride(from: 0, to: t, by: Self.queryBlock) {
                         let q1 = min(t, q0 + Self.queryBlock), keys = keys(forQueries: q0, q1, sequences: rowSequences)
-                        let rows = q1 - q0, stacked = Int32(hc * rows), cols = Int32(keys.count), k0 = keys.lowerBound
-                        let offset = (b * t + q0) * qw + h0 * hd
-                        gather(q + offset, heads: hc, rows: rows, into: s.queries)
-                        gather(dout + offset, heads: hc, rows: rows, into: s.outputs)
-                        let p = s.probabilities, dp = s.gradients
-                        stackedScores(s.queries, kg, rows: Int(stacked), keys: keys, into: p)
-                        for j in 0..<hc {
-                            let rowLSE = lse + (b * heads + h0 + j) * t
-                            for i in q0..<q1 {
-                                probabilitiesRow(p + (j * rows + i - q0) * keys.count, query: i, keys: keys, lse: rowLSE[i],
-                                                 mask: rowMask, sequences: rowSequences)
-                            }
+                        let rows = Int32(q1 - q0), cols = Int32(keys.count), k0 = keys.lowerBound
+                        scores(qh, kg, queries: q0..<q1, keys: keys, into: p)
+                        for i in q0..<q1 {
+                            probabilitiesRow(p + (i - q0) * keys.count, query: i, keys: keys, lse: rowLSE[i], mask: rowMask,
+                                             sequences: rowSequences)
                         }
-                        // dP [stacked, keys] = dO · v_g[keys]ᵀ
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, stacked, cols, hd32,
-                                    1, s.outputs, hd32, vg + k0 * kw, kw32, 0, dp, cols)
-                        // dv_g[keys] += Pᵀ · dO, summed over the stacked heads
-                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, hd32, stacked,
-                                    1, p, cols, s.outputs, hd32, 1, dvg + k0 * kw, kw32)
+                        // dP [rows, keys] = dout_h[q0..<q1] · v_g[keys]ᵀ
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, hd32,
+                                    1, doh + q0 * qw, qw32, vg + k0 * kw, kw32, 0, dp, cols)
+                        // dv_g[keys] += Pᵀ · dout_h[q0..<q1]
+                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, hd32, rows,
+                                    1, p, cols, doh + q0 * qw, qw32, 1, dvg + k0 * kw, kw32)
                         // Softmax backward: dS = P ⊙ (dP − rowsum(P ⊙ dP)).
-                        for r in 0..<Int(stacked) {
+                        for r in 0..<(q1 - q0) {
                             softmaxBackwardRow(p + r * keys.count, dp + r * keys.count, count: keys.count)
                         }
-                        // dQ [stacked, hd] = scale · dS · k_g[keys]
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, stacked, hd32, cols,
-                                    scale, dp, cols, kg + k0 * kw, kw32, 0, s.outputs, hd32)
-                        scatter(s.outputs, heads: hc, rows: rows, into: dq + offset)
-                        // dk_g[keys] += scale · dSᵀ · Q, summed over the stacked heads
-                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, hd32, stacked,
-                                    scale, dp, cols, s.queries, hd32, 1, dkg + k0 * kw, kw32)
+                        // dq_h[q0..<q1] = scale · dS · k_g[keys]
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd32, cols,
+                                    scale, dp, cols, kg + k0 * kw, kw32, 0, dqh + q0 * qw, qw32)
+                        // dk_g[keys] += scale · dSᵀ · q_h[q0..<q1]
+                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, hd32, rows,
+                                    scale, dp, cols, qh + q0 * qw, qw32, 1, dkg + k0 * kw, kw32)
                     }
                 }
             }
         }
-    }
-
-    // MARK: - Stacked heads
-
-    /// Query heads of one kv group that run together: their query blocks are
-    /// stacked into one operand of up to `stackedRows` rows, so each product
-    /// is one larger OpenBLAS call against the keys and values they share
-    /// (measured: stacking two heads made attention ~1.x× faster on 2 cores).
-    private var headsPerPass: Int { min(heads / kvHeads, max(1, Self.stackedRows / Self.queryBlock)) }
-    private var passesPerGroup: Int { (heads / kvHeads + headsPerPass - 1) / headsPerPass }
-    static let stackedRows = 128
-
-    /// One chunk's share of the scratch, for stacked blocks of up to R = headsPerPass·queryBlock rows.
-    private struct Scratch {
-        let probabilities: UnsafeMutablePointer<Float> // P [R, keys]
-        let gradients: UnsafeMutablePointer<Float>     // dP, then dS [R, keys]
-        let queries: UnsafeMutablePointer<Float>       // Q [R, hd]
-        let outputs: UnsafeMutablePointer<Float>       // O, dO or dQ [R, hd]
-
-        init(_ attention: GroupedQueryAttention, _ scratch: UnsafeMutablePointer<Float>, chunk: Int, length t: Int) {
-            let r = attention.stackedRowCapacity(length: t)
-            probabilities = scratch + chunk * attention.scratchPerChunk(length: t)
-            gradients = probabilities + r * t
-            queries = gradients + r * t
-            outputs = queries + r * attention.headDimension
-        }
-    }
-
-    private func stackedRowCapacity(length t: Int) -> Int { headsPerPass * min(t, Self.queryBlock) }
-
-    /// Copies `heads` adjacent heads' [rows, hd] blocks, rows strided by the
-    /// query width, into one [heads·rows, hd] block, head after head.
-    private func gather(_ block: UnsafePointer<Float>, heads count: Int, rows: Int, into stacked: UnsafeMutablePointer<Float>) {
-        let hd = headDimension
-        for j in 0..<count {
-            for r in 0..<rows { (stacked + (j * rows + r) * hd).update(from: block + r * queryWidth + j * hd, count: hd) }
-        }
-    }
-
-    /// The inverse of `gather`.
-    private func scatter(_ stacked: UnsafePointer<Float>, heads count: Int, rows: Int, into block: UnsafeMutablePointer<Float>) {
-        let hd = headDimension
-        for j in 0..<count {
-            for r in 0..<rows { (block + r * queryWidth + j * hd).update(from: stacked + (j * rows + r) * hd, count: hd) }
-        }
-    }
-
-    /// S [rows, keys] = scale · Q [rows, hd] · k_g[keys]ᵀ for stacked queries.
-    private func stackedScores(_ queries: UnsafePointer<Float>, _ kg: UnsafePointer<Float>, rows: Int, keys: Range<Int>,
-                               into s: UnsafeMutablePointer<Float>) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(keys.count), Int32(headDimension),
-                    scale, queries, Int32(headDimension), kg + keys.lowerBound * kvWidth, Int32(kvWidth), 0, s, Int32(keys.count))
     }
 
     /// Recomputes the attention probabilities of one (sequence, head) from the
