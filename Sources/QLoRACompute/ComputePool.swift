@@ -1,3 +1,4 @@
+import COpenBLAS
 import Foundation
 import Synchronization
 
@@ -27,10 +28,15 @@ public final class ComputePool: @unchecked Sendable {
     private var scratchFloats = 0
     private var workers: Workers?
 
+    /// Also turns OpenBLAS's own threading off for the process: the pools
+    /// own the cores, and OpenBLAS calls run single-threaded inside their
+    /// slices (`sgemm`) or on the calling thread.
+    ///
     /// - Parameter threadCount: threads per call; defaults to the CPUs this
     ///   process may run on. Values below 1 are treated as 1.
     public init(threadCount: Int = ProcessInfo.processInfo.activeProcessorCount) {
         self.threadCount = max(1, threadCount)
+        openblas_set_num_threads(1)
     }
 
     deinit {

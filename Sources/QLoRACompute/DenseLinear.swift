@@ -1,6 +1,4 @@
-import COpenBLAS
-
-/// A frozen fp32 linear map computed with OpenBLAS: the full-precision base
+/// A frozen fp32 linear map computed with OpenBLAS on the shared pool's threads: the full-precision base
 /// that the packed 4/8-bit weights are checked against, and what the
 /// embeddings-tied lm_head and unquantized checkpoints run on.
 ///
@@ -26,10 +24,8 @@ public struct DenseLinear: FrozenLinear {
         guard n > 0 else { return }
         weight.withUnsafeBufferPointer { w in
             // y[n, out] = x[n, in] · W[out, in]ᵀ
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
-                        Int32(n), Int32(outFeatures), Int32(inFeatures),
-                        1, x, Int32(inFeatures), w.baseAddress, Int32(inFeatures),
-                        0, y, Int32(outFeatures))
+            ComputePool.shared.sgemm(.plain, .transposed, m: n, n: outFeatures, k: inFeatures, alpha: 1,
+                                     a: x, lda: inFeatures, b: w.baseAddress!, ldb: inFeatures, beta: 0, c: y, ldc: outFeatures)
         }
     }
 
@@ -37,10 +33,9 @@ public struct DenseLinear: FrozenLinear {
         guard n > 0 else { return }
         weight.withUnsafeBufferPointer { w in
             // dx[n, in] (+)= dy[n, out] · W[out, in]
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
-                        Int32(n), Int32(inFeatures), Int32(outFeatures),
-                        1, dy, Int32(outFeatures), w.baseAddress, Int32(inFeatures),
-                        accumulate ? 1 : 0, dx, Int32(inFeatures))
+            ComputePool.shared.sgemm(.plain, .plain, m: n, n: inFeatures, k: outFeatures, alpha: 1,
+                                     a: dy, lda: outFeatures, b: w.baseAddress!, ldb: inFeatures,
+                                     beta: accumulate ? 1 : 0, c: dx, ldc: inFeatures)
         }
     }
 }

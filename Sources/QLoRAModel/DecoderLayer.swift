@@ -127,9 +127,8 @@ public final class DecoderLayer {
         let n = context.rows, c = inputNorm.dimension
         // Attention block.
         inputNorm.forward(x, rows: n, into: cache.attentionInput.pointer, rstd: cache.attentionRstd.pointer)
-        queryProjection.forward(cache.attentionInput.pointer, rows: n, into: cache.query.pointer)
-        keyProjection.forward(cache.attentionInput.pointer, rows: n, into: cache.key.pointer)
-        valueProjection.forward(cache.attentionInput.pointer, rows: n, into: cache.value.pointer)
+        Projection.forward([queryProjection, keyProjection, valueProjection], cache.attentionInput.pointer, rows: n,
+                           into: [cache.query.pointer, cache.key.pointer, cache.value.pointer])
         rope.forward(cache.query.pointer, rows: n, heads: attention.heads, cos: context.cos, sin: context.sin)
         rope.forward(cache.key.pointer, rows: n, heads: attention.kvHeads, cos: context.cos, sin: context.sin)
         attention.forward(q: cache.query.pointer, k: cache.key.pointer, v: cache.value.pointer,
@@ -140,8 +139,8 @@ public final class DecoderLayer {
         cblas_saxpy(Int32(n * c), 1, x, 1, cache.middle.pointer, 1)
         // MLP block.
         postAttentionNorm.forward(cache.middle.pointer, rows: n, into: cache.mlpInput.pointer, rstd: cache.mlpRstd.pointer)
-        gateProjection.forward(cache.mlpInput.pointer, rows: n, into: cache.gate.pointer)
-        upProjection.forward(cache.mlpInput.pointer, rows: n, into: cache.up.pointer)
+        Projection.forward([gateProjection, upProjection], cache.mlpInput.pointer, rows: n,
+                           into: [cache.gate.pointer, cache.up.pointer])
         SwiGLU.forward(gate: cache.gate.pointer, up: cache.up.pointer, count: n * gateProjection.outFeatures,
                        into: context.mlpScratch)
         downProjection.forward(context.mlpScratch, rows: n, into: y)
@@ -159,8 +158,8 @@ public final class DecoderLayer {
         downProjection.backward(residual, input: g.up.pointer, rows: n, into: g.gate.pointer, accumulate: false)
         SwiGLU.backward(g.gate.pointer, gate: cache.gate.pointer, up: cache.up.pointer, count: n * gateProjection.outFeatures,
                         gateGradient: g.gate.pointer, upGradient: g.up.pointer)
-        gateProjection.backward(g.gate.pointer, input: cache.mlpInput.pointer, rows: n, into: g.norm.pointer, accumulate: false)
-        upProjection.backward(g.up.pointer, input: cache.mlpInput.pointer, rows: n, into: g.norm.pointer, accumulate: true)
+        Projection.backward([gateProjection, upProjection], [g.gate.pointer, g.up.pointer], input: cache.mlpInput.pointer,
+                            rows: n, into: g.norm.pointer, accumulate: false)
         postAttentionNorm.backward(g.norm.pointer, input: cache.middle.pointer, rstd: cache.mlpRstd.pointer,
                                    rows: n, into: residual, accumulate: true)
         // Attention block: ∂loss/∂x = ∂loss/∂m + the path through o_proj, attention, RoPE, q/k/v and the norm.
@@ -171,9 +170,8 @@ public final class DecoderLayer {
                            dq: g.query.pointer, dk: g.key.pointer, dv: g.value.pointer, scratch: context.attentionScratch)
         rope.backward(g.query.pointer, rows: n, heads: attention.heads, cos: context.cos, sin: context.sin)
         rope.backward(g.key.pointer, rows: n, heads: attention.kvHeads, cos: context.cos, sin: context.sin)
-        queryProjection.backward(g.query.pointer, input: cache.attentionInput.pointer, rows: n, into: g.norm.pointer, accumulate: false)
-        keyProjection.backward(g.key.pointer, input: cache.attentionInput.pointer, rows: n, into: g.norm.pointer, accumulate: true)
-        valueProjection.backward(g.value.pointer, input: cache.attentionInput.pointer, rows: n, into: g.norm.pointer, accumulate: true)
+        Projection.backward([queryProjection, keyProjection, valueProjection], [g.query.pointer, g.key.pointer, g.value.pointer],
+                            input: cache.attentionInput.pointer, rows: n, into: g.norm.pointer, accumulate: false)
         inputNorm.backward(g.norm.pointer, input: x, rstd: cache.attentionRstd.pointer, rows: n, into: residual, accumulate: true)
     }
 }

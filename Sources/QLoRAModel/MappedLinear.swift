@@ -1,4 +1,3 @@
-import COpenBLAS
 import QLoRACompute
 import QLoRAStorage
 
@@ -23,8 +22,8 @@ public struct MappedLinear: FrozenLinear {
         guard n > 0 else { return }
         weight.withValues { w in
             // y[n, out] = x[n, in] · W[out, in]ᵀ
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(outFeatures), Int32(inFeatures),
-                        1, x, Int32(inFeatures), w.baseAddress, Int32(inFeatures), 0, y, Int32(outFeatures))
+            ComputePool.shared.sgemm(.plain, .transposed, m: n, n: outFeatures, k: inFeatures, alpha: 1,
+                                     a: x, lda: inFeatures, b: w.baseAddress!, ldb: inFeatures, beta: 0, c: y, ldc: outFeatures)
         }
     }
 
@@ -32,8 +31,9 @@ public struct MappedLinear: FrozenLinear {
         guard n > 0 else { return }
         weight.withValues { w in
             // dx[n, in] (+)= dy[n, out] · W[out, in]
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(inFeatures), Int32(outFeatures),
-                        1, dy, Int32(outFeatures), w.baseAddress, Int32(inFeatures), accumulate ? 1 : 0, dx, Int32(inFeatures))
+            ComputePool.shared.sgemm(.plain, .plain, m: n, n: inFeatures, k: outFeatures, alpha: 1,
+                                     a: dy, lda: outFeatures, b: w.baseAddress!, ldb: inFeatures,
+                                     beta: accumulate ? 1 : 0, c: dx, ldc: inFeatures)
         }
     }
 }

@@ -29,6 +29,10 @@ public final class Projection {
         } else {
             base.forward(x, rows: n, into: y)
         }
+        addBias(y, rows: n)
+    }
+
+    private func addBias(_ y: UnsafeMutablePointer<Float>, rows n: Int) {
         bias?.withUnsafeBufferPointer { b in
             let out = outFeatures
             for row in 0..<n {
@@ -36,6 +40,36 @@ public final class Projection {
                 for j in 0..<out { yr[j] += b[j] }
             }
         }
+    }
+
+    /// Projections that read the same x [n, in] (q/k/v, gate/up): y_j [n, out_j]
+    /// for each, as `forward` gives, with their LoRA adapters run as one group
+    /// when they can be (see `LoRAAdapter.group`).
+    static func forward(_ group: [Projection], _ x: UnsafePointer<Float>, rows n: Int,
+                        into outputs: [UnsafeMutablePointer<Float>]) {
+        guard let adapters = LoRAAdapter.group(group.map(\.adapter)) else {
+            for (p, y) in zip(group, outputs) { p.forward(x, rows: n, into: y) }
+            return
+        }
+        for (p, y) in zip(group, outputs) { p.base.forward(x, rows: n, into: y) }
+        LoRAAdapter.forward(adapters, x, rows: n, into: outputs)
+        for (p, y) in zip(group, outputs) { p.addBias(y, rows: n) }
+    }
+
+    /// The backward of `forward(_:_:rows:into:)`: dx [n, in] (+)= the sum of
+    /// the projections' input gradients from dys[j] [n, out_j].
+    static func backward(_ group: [Projection], _ dys: [UnsafePointer<Float>], input x: UnsafePointer<Float>, rows n: Int,
+                         into dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        guard let adapters = LoRAAdapter.group(group.map(\.adapter)) else {
+            for (j, (p, dy)) in zip(group, dys).enumerated() {
+                p.backward(dy, input: x, rows: n, into: dx, accumulate: accumulate || j > 0)
+            }
+            return
+        }
+        for (j, (p, dy)) in zip(group, dys).enumerated() {
+            p.base.backwardInput(dy, rows: n, into: dx, accumulate: accumulate || j > 0)
+        }
+        LoRAAdapter.backward(adapters, dys, input: x, rows: n, into: dx)
     }
 
     /// dx [n, in] (+)= ∂loss/∂x from dy [n, out]; x is the forward input,

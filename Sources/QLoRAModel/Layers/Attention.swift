@@ -1,5 +1,6 @@
 import COpenBLAS
 import Foundation
+import QLoRACompute
 
 /// Causal grouped-query attention over projected, rotated q, k and v:
 /// query head h reads kv head h / (H/KV) (transformers' repeat_kv), scores are
@@ -146,10 +147,7 @@ public struct GroupedQueryAttention: Sendable {
                                     1, p, cols, doh + q0 * qw, qw32, 1, dvg + k0 * kw, kw32)
                         // Softmax backward: dS = P ⊙ (dP − rowsum(P ⊙ dP)).
                         for r in 0..<(q1 - q0) {
-                            let pr = p + r * keys.count, dr = dp + r * keys.count
-                            var dot: Float = 0
-                            for j in 0..<keys.count { dot += pr[j] * dr[j] }
-                            for j in 0..<keys.count { dr[j] = pr[j] * (dr[j] - dot) }
+                            softmaxBackwardRow(p + r * keys.count, dp + r * keys.count, count: keys.count)
                         }
                         // dq_h[q0..<q1] = scale · dS · k_g[keys]
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd32, cols,
@@ -196,28 +194,45 @@ public struct GroupedQueryAttention: Sendable {
                     mask: UnsafePointer<UInt8>?, sequences: UnsafePointer<Int32>? = nil) -> Float {
         maskRow(s, query: i, keys: keys, mask: mask, sequences: sequences)
         let n = keys.count
-        var m = -Float.infinity
-        for j in 0..<n { m = max(m, s[j]) }
+        let m = VectorMath.maximum(s, count: n)
         guard m > -Float.infinity else {
             s.update(repeating: 0, count: n)
             return .infinity
         }
-        var sum: Float = 0
-        for j in 0..<n {
-            let e = Foundation.exp(s[j] - m) // exactly 0 where masked
-            s[j] = e
-            sum += e
+        var sums = VectorMath.Vector()
+        @inline(__always) func exponentiate(_ j: Int, _ lanes: Int) {
+            let e = VectorMath.exp(VectorMath.load(s + j, lanes: lanes, fill: -.infinity) - m) // exactly 0 where masked
+            VectorMath.store(e, s + j, lanes: lanes)
+            sums += e
         }
-        let inv = 1 / sum
-        for j in 0..<n { s[j] *= inv }
+        VectorMath.forEachVector(in: 0..<n, exponentiate)
+        let sum = sums.sum()
+        VectorMath.scale(s, count: n, by: 1 / sum)
         return m + Foundation.log(sum)
+    }
+
+    /// dS = P ⊙ (dP − rowsum(P ⊙ dP)) of one row, in place of dP.
+    private func softmaxBackwardRow(_ p: UnsafePointer<Float>, _ dp: UnsafeMutablePointer<Float>, count: Int) {
+        var dots = VectorMath.Vector()
+        @inline(__always) func dot(_ j: Int, _ lanes: Int) {
+            dots += VectorMath.load(p + j, lanes: lanes) * VectorMath.load(dp + j, lanes: lanes)
+        }
+        VectorMath.forEachVector(in: 0..<count, dot)
+        let total = dots.sum()
+        @inline(__always) func gradient(_ j: Int, _ lanes: Int) {
+            VectorMath.store(VectorMath.load(p + j, lanes: lanes) * (VectorMath.load(dp + j, lanes: lanes) - total), dp + j, lanes: lanes)
+        }
+        VectorMath.forEachVector(in: 0..<count, gradient)
     }
 
     /// Probabilities of query i's scores from its log-sum-exp; 0 where it cannot see.
     private func probabilitiesRow(_ s: UnsafeMutablePointer<Float>, query i: Int, keys: Range<Int>, lse: Float,
                                   mask: UnsafePointer<UInt8>?, sequences: UnsafePointer<Int32>?) {
         maskRow(s, query: i, keys: keys, mask: mask, sequences: sequences)
-        for j in 0..<keys.count { s[j] = Foundation.exp(s[j] - lse) }
+        @inline(__always) func body(_ j: Int, _ lanes: Int) {
+            VectorMath.store(VectorMath.exp(VectorMath.load(s + j, lanes: lanes) - lse), s + j, lanes: lanes)
+        }
+        VectorMath.forEachVector(in: 0..<keys.count, body)
     }
 
     /// Sets the scores of keys query i cannot see to −∞: after it, padding,

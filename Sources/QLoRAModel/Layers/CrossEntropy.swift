@@ -1,4 +1,5 @@
 import Foundation
+import QLoRACompute
 
 /// Softmax cross-entropy of logits against target ids, the transformers
 /// convention: rows whose target is negative (labels −100) are ignored and
@@ -24,11 +25,19 @@ public enum CrossEntropy {
                     continue
                 }
                 let l = logits + row * v
-                var m = -Float.infinity
-                for j in 0..<v { m = max(m, l[j]) }
-                // Double sum: at 32k classes a float sum would be off by ~1e-5.
+                let m = VectorMath.maximum(l, count: v)
+                // Float lanes over runs of 64 classes, each run's total added in Double: at 32k
+                // classes one float sum would be off by ~1e-5.
                 var sum: Double = 0
-                for j in 0..<v { sum += Double(Foundation.exp(l[j] - m)) }
+                for start in stride(from: 0, to: v, by: 64) {
+                    var run = VectorMath.Vector()
+                    @inline(__always) func add(_ j: Int, _ lanes: Int) {
+                        // Missing lanes load −∞, whose exp is 0.
+                        run += VectorMath.exp(VectorMath.load(l + j, lanes: lanes, fill: -.infinity) - m)
+                    }
+                    VectorMath.forEachVector(in: start..<min(v, start + 64), add)
+                    sum += Double(run.sum())
+                }
                 lse[row] = m + Float(Foundation.log(sum))
             }
         }
@@ -54,7 +63,10 @@ public enum CrossEntropy {
                     continue
                 }
                 let rowLSE = lse[row]
-                for j in 0..<v { l[j] = Foundation.exp(l[j] - rowLSE) * scale }
+                @inline(__always) func body(_ j: Int, _ lanes: Int) {
+                    VectorMath.store(VectorMath.exp(VectorMath.load(l + j, lanes: lanes) - rowLSE) * scale, l + j, lanes: lanes)
+                }
+                VectorMath.forEachVector(in: 0..<v, body)
                 l[target] -= scale
             }
         }

@@ -1,4 +1,4 @@
-import Foundation
+import QLoRACompute
 
 /// The gated activation of the Llama MLP: a = silu(g) ⊙ u, between the
 /// gate/up projections and the down projection (the projections themselves
@@ -13,7 +13,11 @@ public enum SwiGLU {
     public static func forward(gate g: UnsafePointer<Float>, up u: UnsafePointer<Float>, count: Int,
                                into a: UnsafeMutablePointer<Float>) {
         Parallel.forEachChunk(count, grain: elementwiseGrain) { _, range in
-            for i in range { a[i] = g[i] / (1 + Foundation.exp(-g[i])) * u[i] }
+            @inline(__always) func body(_ i: Int, _ lanes: Int) {
+                let x = VectorMath.load(g + i, lanes: lanes)
+                VectorMath.store(x / (1 + VectorMath.exp(-x)) * VectorMath.load(u + i, lanes: lanes), a + i, lanes: lanes)
+            }
+            VectorMath.forEachVector(in: range, body)
         }
     }
 
@@ -23,12 +27,14 @@ public enum SwiGLU {
                                 count: Int, gateGradient dg: UnsafeMutablePointer<Float>,
                                 upGradient du: UnsafeMutablePointer<Float>) {
         Parallel.forEachChunk(count, grain: elementwiseGrain) { _, range in
-            for i in range {
-                let x = g[i], d = da[i]
-                let sigmoid = 1 / (1 + Foundation.exp(-x))
-                du[i] = d * x * sigmoid
-                dg[i] = d * u[i] * sigmoid * (1 + x * (1 - sigmoid))
+            @inline(__always) func body(_ i: Int, _ lanes: Int) {
+                let x = VectorMath.load(g + i, lanes: lanes), d = VectorMath.load(da + i, lanes: lanes)
+                let sigmoid = 1 / (1 + VectorMath.exp(-x))
+                let up = VectorMath.load(u + i, lanes: lanes)
+                VectorMath.store(d * x * sigmoid, du + i, lanes: lanes)
+                VectorMath.store(d * up * sigmoid * (1 + x * (1 - sigmoid)), dg + i, lanes: lanes)
             }
+            VectorMath.forEachVector(in: range, body)
         }
     }
 }
