@@ -76,6 +76,13 @@ void qk_gemv_forward_avx512(float *restrict y, const float *restrict x, int64_t 
                             int64_t begin, int64_t end);
 void qk_gemv_backward_avx512(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
                              int64_t begin, int64_t end, int32_t accumulate);
+// qgemm_tiled_avx512.c: the many-rows products, when the CPU has AVX-512F.
+int qk_tiled_avx512_applies(void);
+size_t qk_tiled_avx512_scratch_floats(void);
+void qk_tiled_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
+                             int64_t begin, int64_t end, float *restrict scratch);
+void qk_tiled_backward_avx512(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
+                              int64_t begin, int64_t end, int32_t accumulate, float *restrict scratch);
 #endif
 
 #endif

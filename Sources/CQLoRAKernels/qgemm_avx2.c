@@ -589,8 +589,10 @@ static int gemv_applies(const qk_packed *w, int64_t n) {
 
 size_t qk_matmul_scratch_floats_avx2(const qk_packed *w, int64_t n, int32_t direction) {
     (void)direction;
-    const size_t gemv = gemv_applies(w, n) ? (size_t)(n * w->cols) : 0;
-    return gemv > tile_scratch_floats() ? gemv : tile_scratch_floats();
+    size_t floats = gemv_applies(w, n) ? (size_t)(n * w->cols) : 0;
+    if (tile_scratch_floats() > floats) floats = tile_scratch_floats();
+    if (qk_tiled_avx512_scratch_floats() > floats) floats = qk_tiled_avx512_scratch_floats();
+    return floats;
 }
 
 void qk_matmul_forward_avx2(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
@@ -602,6 +604,7 @@ void qk_matmul_forward_avx2(float *restrict y, const float *restrict x, int64_t 
     }
     if (qk_gemv_avx512_applies(w, n)) qk_gemv_forward_avx512(y, x, n, w, begin, end);
     else if (gemv_applies(w, n)) gemv_forward_any(y, x, n, w, begin, end, scratch);
+    else if (qk_tiled_avx512_applies()) qk_tiled_forward_avx512(y, x, n, w, begin, end, scratch);
     else tiled_forward(y, x, n, w, begin, end, scratch);
 }
 
@@ -617,6 +620,7 @@ void qk_matmul_backward_avx2(float *restrict dx, const float *restrict dy, int64
     const int aligned = begin % B == 0 && end % B == 0;
     if (aligned && qk_gemv_avx512_applies(w, n)) qk_gemv_backward_avx512(dx, dy, n, w, begin, end, accumulate);
     else if (aligned && gemv_applies(w, n)) gemv_backward_any(dx, dy, n, w, begin, end, accumulate, scratch);
+    else if (qk_tiled_avx512_applies()) qk_tiled_backward_avx512(dx, dy, n, w, begin, end, accumulate, scratch);
     else tiled_backward(dx, dy, n, w, begin, end, accumulate, scratch);
 }
 
