@@ -7,6 +7,9 @@
 #include <float.h>
 
 const float *qk_table_for(int32_t type);
+// The 16 values a 4-bit code stands for before scaling: code - 8 for INT4
+// (exact in fp32), the NF4 or FP4 table otherwise.
+void qk_nibble_values(float *values, int32_t type);
 void qk_sorted_table(const float *table, int count, int *order, float *mid);
 int qk_bucketize(float s, const float *mid, int count);
 
@@ -58,6 +61,13 @@ int64_t qk_find_nonfinite_avx2(const float *x, int64_t n);
     case 1: F(1) break; case 2: F(2) break; case 3: F(3) break; case 4: F(4) break;             \
     case 5: F(5) break; case 6: F(6) break; case 7: F(7) break; default: F(8) break;            \
     }
+
+// Rows of X per pass of a tiled product over W: at most mc, split evenly so
+// that no pass is a sliver that pays for a whole dequantization of W on its own.
+static inline int64_t qk_chunk_rows(int64_t n, int64_t mc) {
+    const int64_t passes = (n + mc - 1) / mc;
+    return (n + passes - 1) / passes;
+}
 
 void qk_dequantize_span_ref(float *restrict y, const qk_packed *w, int64_t first, int64_t count,
                             float *restrict tmp);

@@ -534,18 +534,11 @@ static size_t tile_scratch_floats(void) {
     return (size_t)((MC + MR - 1) / MR * MR) * KC + (size_t)(NC_BWD + NR) * KC + 256;
 }
 
-// Rows of X per pass over W: at most MC, split evenly so that no pass is a
-// sliver that pays for a whole dequantization of W on its own.
-static int64_t chunk_rows(int64_t n) {
-    const int64_t passes = (n + MC - 1) / MC;
-    return (n + passes - 1) / passes;
-}
-
 AVX2 static void tiled_forward(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
                                int64_t begin, int64_t end, float *restrict scratch) {
     const int64_t in = w->cols, out = w->rows;
     const tile_scratch s = tile_scratch_split(scratch);
-    const int64_t mc = chunk_rows(n);
+    const int64_t mc = qk_chunk_rows(n, MC);
     for (int64_t i0 = 0; i0 < n; i0 += mc) {
         const int64_t m = n - i0 < mc ? n - i0 : mc;
         for (int64_t k0 = 0; k0 < in; k0 += KC) {
@@ -564,7 +557,7 @@ AVX2 static void tiled_backward(float *restrict dx, const float *restrict dy, in
                                 int64_t begin, int64_t end, int accumulate, float *restrict scratch) {
     const int64_t in = w->cols, out = w->rows;
     const tile_scratch s = tile_scratch_split(scratch);
-    const int64_t mc = chunk_rows(n);
+    const int64_t mc = qk_chunk_rows(n, MC);
     for (int64_t i0 = 0; i0 < n; i0 += mc) {
         const int64_t m = n - i0 < mc ? n - i0 : mc;
         for (int64_t k0 = 0; k0 < out; k0 += KC) {

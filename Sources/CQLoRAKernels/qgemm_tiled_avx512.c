@@ -72,8 +72,7 @@ static scratch_parts split_scratch(float *s) {
 
 AVX512 static __m512 table_of(int32_t type) {
     float t[16];
-    for (int v = 0; v < 16; v++)
-        t[v] = type == QK_TYPE_INT4 ? (float)(v - 8) : type == QK_TYPE_NF4 ? qk_nf4_table[v] : qk_fp4_table[v];
+    qk_nibble_values(t, type);
     return _mm512_loadu_ps(t);
 }
 
@@ -256,47 +255,38 @@ static void copy_a(float *restrict ap, const float *restrict a, int64_t lda, int
     for (int64_t r = 0; r < m; r++) memcpy(ap + r * AS, a + r * lda, (size_t)kc * sizeof(float));
 }
 
-// Rows of X per pass over W: at most MC, split evenly so that no pass is a
-// sliver that pays for a whole dequantization of W on its own.
-static int64_t chunk_rows(int64_t n) {
-    const int64_t passes = (n + MC - 1) / MC;
-    return (n + passes - 1) / passes;
+// Both directions: C[n, ldc] (=|+=) A[n, K] · (W tile), where the forward
+// has A = X (K = in), C = Y and tiles of rows of W; the backward A = dY
+// (K = out), C = dX and tiles of columns of W. `zero` means the first chunk
+// of K overwrites C.
+static void tiled(float *restrict c, const float *restrict a, int64_t n, const qk_packed *w, int64_t begin,
+                  int64_t end, int zero, int backward, float *restrict scratch) {
+    const int64_t K = backward ? w->rows : w->cols, ldc = backward ? w->cols : w->rows;
+    const int64_t mc = qk_chunk_rows(n, MC);
+    const scratch_parts s = split_scratch(scratch);
+    for (int64_t i0 = 0; i0 < n; i0 += mc) {
+        const int64_t m = n - i0 < mc ? n - i0 : mc;
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+            const int64_t kc = K - k0 < KC ? K - k0 : KC;
+            copy_a(s.a, a + i0 * K + k0, K, m, kc);
+            for (int64_t j0 = begin; j0 < end; j0 += NC) {
+                const int64_t nc = end - j0 < NC ? end - j0 : NC;
+                if (backward) pack_w_backward(s.b, w, k0, kc, j0, nc, s.stage, s.tmp);
+                else pack_w_forward(s.b, w, j0, nc, k0, kc, s.stage, s.tmp);
+                tile_multiply(c + i0 * ldc + j0, ldc, s.a, s.b, m, nc, kc, zero && k0 == 0);
+            }
+        }
+    }
 }
 
 void qk_tiled_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
                              int64_t begin, int64_t end, float *restrict scratch) {
-    const int64_t in = w->cols, out = w->rows, mc = chunk_rows(n);
-    const scratch_parts s = split_scratch(scratch);
-    for (int64_t i0 = 0; i0 < n; i0 += mc) {
-        const int64_t m = n - i0 < mc ? n - i0 : mc;
-        for (int64_t k0 = 0; k0 < in; k0 += KC) {
-            const int64_t kc = in - k0 < KC ? in - k0 : KC;
-            copy_a(s.a, x + i0 * in + k0, in, m, kc);
-            for (int64_t o0 = begin; o0 < end; o0 += NC) {
-                const int64_t nc = end - o0 < NC ? end - o0 : NC;
-                pack_w_forward(s.b, w, o0, nc, k0, kc, s.stage, s.tmp);
-                tile_multiply(y + i0 * out + o0, out, s.a, s.b, m, nc, kc, k0 == 0);
-            }
-        }
-    }
+    tiled(y, x, n, w, begin, end, 1, 0, scratch);
 }
 
 void qk_tiled_backward_avx512(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
                               int64_t begin, int64_t end, int32_t accumulate, float *restrict scratch) {
-    const int64_t in = w->cols, out = w->rows, mc = chunk_rows(n);
-    const scratch_parts s = split_scratch(scratch);
-    for (int64_t i0 = 0; i0 < n; i0 += mc) {
-        const int64_t m = n - i0 < mc ? n - i0 : mc;
-        for (int64_t k0 = 0; k0 < out; k0 += KC) {
-            const int64_t kc = out - k0 < KC ? out - k0 : KC;
-            copy_a(s.a, dy + i0 * out + k0, out, m, kc);
-            for (int64_t j0 = begin; j0 < end; j0 += NC) {
-                const int64_t nc = end - j0 < NC ? end - j0 : NC;
-                pack_w_backward(s.b, w, k0, kc, j0, nc, s.stage, s.tmp);
-                tile_multiply(dx + i0 * in + j0, in, s.a, s.b, m, nc, kc, k0 == 0 && !accumulate);
-            }
-        }
-    }
+    tiled(dx, dy, n, w, begin, end, !accumulate, 1, scratch);
 }
 
 #endif
