@@ -11,7 +11,8 @@
 // - More rows (training): bound by arithmetic. A tile of W (at most 256 × 256)
 //   is dequantized once into scratch, laid out as 16-wide panels, and a 6 × 16
 //   register-blocked micro-kernel runs over it for every row of X, so the
-//   decoding cost vanishes next to the 2 · n flops per weight.
+//   decoding cost vanishes next to the 2 · n flops per weight. On CPUs with
+//   AVX-512F, qgemm_tiled_avx512.c does the same with 32 registers.
 //
 // Summation order depends on n, W and the path only (never on the slice),
 // so results do not depend on how the caller splits the work across threads.

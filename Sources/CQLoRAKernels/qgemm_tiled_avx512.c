@@ -6,7 +6,8 @@
 // 32 columns (24 accumulators), so each broadcast of X feeds two FMAs and the
 // panel loads are a small share of the loads. Other differences:
 // - X is not transposed into micro-panels: a pass copies its rows (a memcpy
-//   per row, into rows KC + 16 floats apart so neither L1 nor L2 sets alias)
+//   per row, into rows KC + 16 floats apart so that the rows of a micro-tile
+//   do not all start in the same cache sets)
 //   and the kernel broadcasts straight from those rows.
 // - Partial tiles need no separate path: the kernel is compiled for each row
 //   count 1..12, and masked loads and stores cover panels narrower than 32.
@@ -47,12 +48,12 @@ int qk_tiled_avx512_applies(void) {
 }
 
 size_t qk_tiled_avx512_scratch_floats(void) {
-    return (size_t)MC * AS + (size_t)NC * KC + (size_t)NC + (size_t)16 * KC + (size_t)(NC + NR) + 256;
+    return (size_t)MC * AS + (size_t)NC * KC + (size_t)NC + (size_t)16 * KC + 256;
 }
 
 typedef struct {
     float *a;      // MC × AS: rows of X (or dY)
-    float *b;      // NC × KC: the dequantized W tile as NR-wide panels
+    float *b;      // NC × KC + NC: the dequantized W tile as NR-wide panels, panel_floats apart
     float *stage;  // 16 × KC (forward) or NC + NR (backward): decoded rows of W
     float *tmp;    // one block
 } scratch_parts;
