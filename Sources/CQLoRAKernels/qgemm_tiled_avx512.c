@@ -236,11 +236,67 @@ typedef void (*micro_fn)(const float *restrict, const float *restrict, int64_t, 
 static const micro_fn micro_rows[MR + 1] = {0,       micro_1, micro_2, micro_3, micro_4,  micro_5, micro_6,
                                             micro_7, micro_8, micro_9, micro_10, micro_11, micro_12};
 
+// Asks for the codes and scales of flat elements [first, first + count) of W
+// to be brought into L2. A tile reads a short piece of each of many rows,
+// which the hardware prefetchers do not foresee; asked for while the tile
+// before it is multiplied, the reads overlap that work instead of stalling
+// the decoder.
+static void prefetch_span(const qk_packed *w, int64_t first, int64_t count) {
+    const int64_t B = w->block_size, bb = (int64_t)qk_block_bytes(w->type, w->block_size);
+    const int64_t scale_bytes = w->scale_kind == QK_SCALE_F32 ? 4 : w->scale_kind == QK_SCALE_F16 ? 2 : 1;
+    const char *codes = (const char *)w->codes, *scales = (const char *)w->scales;
+    const int64_t b0 = first / B, b1 = (first + count - 1) / B;
+    for (int64_t byte = first * bb / B; byte < (first + count) * bb / B + 64; byte += 64)
+        _mm_prefetch(codes + byte, _MM_HINT_T1);
+    for (int64_t byte = b0 * scale_bytes; byte <= b1 * scale_bytes; byte += 64)
+        _mm_prefetch(scales + byte, _MM_HINT_T1);
+}
+
+// The W tile `tiled` packs after the one at (k0, j0): the next tile of the
+// slice, else the slice's first at the next k0. Its rows of W (`count` of
+// them, none past the end of W) are prefetched a share at a time.
+typedef struct {
+    const qk_packed *w;
+    int backward;
+    int64_t k0, j0, kc, nc, count;
+} next_tile;
+
+static next_tile next_tile_after(const qk_packed *w, int backward, int64_t k0, int64_t j0, int64_t begin,
+                                 int64_t end) {
+    const int64_t K = backward ? w->rows : w->cols;
+    if (j0 + NC >= end) {
+        j0 = begin;
+        k0 += KC;
+    } else {
+        j0 += NC;
+    }
+    next_tile t = {w, backward, k0, j0, 0, 0, 0};
+    if (k0 >= K) return t;
+    t.kc = K - k0 < KC ? K - k0 : KC;
+    t.nc = end - j0 < NC ? end - j0 : NC;
+    t.count = backward ? t.kc : t.nc;
+    return t;
+}
+
+// Rows [r0, r1) of the next tile's rows of W.
+static void prefetch_rows(const next_tile *t, int64_t r0, int64_t r1) {
+    const int64_t in = t->w->cols;
+    for (int64_t r = r0; r < r1; r++) {
+        if (t->backward) prefetch_span(t->w, (t->k0 + r) * in + t->j0, t->nc);
+        else prefetch_span(t->w, (t->j0 + r) * in + t->k0, t->kc);
+    }
+}
+
 // C[m × nc] (=|+=) A rows · B panels, C with leading dimension ldc. Each group
-// of MR rows of A sweeps every panel while it stays in L1.
+// of MR rows of A sweeps every panel while it stays in L1, and asks for its
+// share of the next tile of W.
 static void tile_multiply(float *restrict c, int64_t ldc, const float *restrict ap, const float *restrict bp,
-                          int64_t m, int64_t nc, int64_t kc, int first) {
+                          int64_t m, int64_t nc, int64_t kc, int first, const next_tile *next) {
+    const int64_t groups = (m + MR - 1) / MR;
     for (int64_t i = 0; i < m; i += MR) {
+        // A burst of prefetches would overflow the miss queues: one share per group.
+        const int64_t g = i / MR;
+        prefetch_rows(next, next->count * g / groups, next->count * (g + 1) / groups);
         const micro_fn f = micro_rows[m - i < MR ? m - i : MR];
         for (int64_t j = 0; j < nc; j += NR) {
             const int64_t cols = nc - j < NR ? nc - j : NR;
@@ -254,40 +310,6 @@ static void tile_multiply(float *restrict c, int64_t ldc, const float *restrict 
 // Rows [0, m) × columns [0, kc) of a (leading dimension lda) into rows AS apart.
 static void copy_a(float *restrict ap, const float *restrict a, int64_t lda, int64_t m, int64_t kc) {
     for (int64_t r = 0; r < m; r++) memcpy(ap + r * AS, a + r * lda, (size_t)kc * sizeof(float));
-}
-
-// Asks for the codes and scales of flat elements [first, first + count) of W
-// to be brought into L2. A tile reads a short piece of each of many rows,
-// which the hardware prefetchers do not foresee; issued one tile ahead, the
-// reads overlap a whole tile's multiply instead of stalling the decoder.
-static void prefetch_span(const qk_packed *w, int64_t first, int64_t count) {
-    const int64_t B = w->block_size, bb = (int64_t)qk_block_bytes(w->type, w->block_size);
-    const int64_t scale_bytes = w->scale_kind == QK_SCALE_F32 ? 4 : w->scale_kind == QK_SCALE_F16 ? 2 : 1;
-    const char *codes = (const char *)w->codes, *scales = (const char *)w->scales;
-    const int64_t b0 = first / B, b1 = (first + count - 1) / B;
-    for (int64_t byte = first * bb / B; byte < (first + count) * bb / B + 64; byte += 64)
-        _mm_prefetch(codes + byte, _MM_HINT_T1);
-    for (int64_t byte = b0 * scale_bytes; byte <= b1 * scale_bytes; byte += 64)
-        _mm_prefetch(scales + byte, _MM_HINT_T1);
-}
-
-// The W tile after [j0, j0 + NC) at k0 in the order `tiled` takes them (the
-// next tile of the slice, else the slice's first at the next k0), prefetched.
-static void prefetch_next_tile(const qk_packed *w, int backward, int64_t k0, int64_t j0, int64_t begin,
-                               int64_t end) {
-    const int64_t K = backward ? w->rows : w->cols, in = w->cols;
-    if (j0 + NC >= end) {
-        j0 = begin;
-        k0 += KC;
-    } else {
-        j0 += NC;
-    }
-    if (k0 >= K) return;
-    const int64_t kc = K - k0 < KC ? K - k0 : KC, nc = end - j0 < NC ? end - j0 : NC;
-    if (backward)
-        for (int64_t k = k0; k < k0 + kc; k++) prefetch_span(w, k * in + j0, nc);
-    else
-        for (int64_t o = j0; o < j0 + nc; o++) prefetch_span(w, o * in + k0, kc);
 }
 
 // Both directions: C[n, ldc] (=|+=) A[n, K] · (W tile), where the forward
@@ -308,8 +330,8 @@ static void tiled(float *restrict c, const float *restrict a, int64_t n, const q
                 const int64_t nc = end - j0 < NC ? end - j0 : NC;
                 if (backward) pack_w_backward(s.b, w, k0, kc, j0, nc, s.stage, s.tmp);
                 else pack_w_forward(s.b, w, j0, nc, k0, kc, s.stage, s.tmp);
-                prefetch_next_tile(w, backward, k0, j0, begin, end);
-                tile_multiply(c + i0 * ldc + j0, ldc, s.a, s.b, m, nc, kc, zero && k0 == 0);
+                const next_tile next = next_tile_after(w, backward, k0, j0, begin, end);
+                tile_multiply(c + i0 * ldc + j0, ldc, s.a, s.b, m, nc, kc, zero && k0 == 0, &next);
             }
         }
     }
