@@ -27,6 +27,10 @@ const float *qk_table_for(int32_t type) {
     return type == QK_TYPE_NF4 ? qk_nf4_table : qk_fp4_table;
 }
 
+void qk_nibble_values(float *values, int32_t type) {
+    for (int v = 0; v < 16; v++) values[v] = type == QK_TYPE_INT4 ? (float)(v - 8) : qk_table_for(type)[v];
+}
+
 // Sorted view of a code table: what bitsandbytes' bucketize over midpoints sees.
 // `order[i]` is the code whose value is the i-th smallest (stable, so FP4's two
 // zeros keep nibble 0 before nibble 8), `mid[i]` the fp32 midpoint of i and i+1.

@@ -7,6 +7,9 @@
 #include <float.h>
 
 const float *qk_table_for(int32_t type);
+// The 16 values a 4-bit code stands for before scaling: code - 8 for INT4
+// (exact in fp32), the NF4 or FP4 table otherwise.
+void qk_nibble_values(float *values, int32_t type);
 void qk_sorted_table(const float *table, int count, int *order, float *mid);
 int qk_bucketize(float s, const float *mid, int count);
 
@@ -59,6 +62,13 @@ int64_t qk_find_nonfinite_avx2(const float *x, int64_t n);
     case 5: F(5) break; case 6: F(6) break; case 7: F(7) break; default: F(8) break;            \
     }
 
+// Rows of X per pass of a tiled product over W: at most mc, split evenly so
+// that no pass is a sliver that pays for a whole dequantization of W on its own.
+static inline int64_t qk_chunk_rows(int64_t n, int64_t mc) {
+    const int64_t passes = (n + mc - 1) / mc;
+    return (n + passes - 1) / passes;
+}
+
 void qk_dequantize_span_ref(float *restrict y, const qk_packed *w, int64_t first, int64_t count,
                             float *restrict tmp);
 #if defined(__x86_64__) || defined(__i386__)
@@ -70,12 +80,20 @@ void qk_matmul_forward_avx2(float *restrict y, const float *restrict x, int64_t 
 void qk_matmul_backward_avx2(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
                              int64_t begin, int64_t end, int32_t accumulate, float *restrict scratch);
 void qk_block_steps_avx2(float *restrict d, const qk_packed *w, int64_t first, int64_t count);
-// qgemm_avx512.c: the few-rows paths, when the CPU has AVX-512F.
+// qgemm_avx512.c: whether the AVX-512 sub-paths may run (the switch is on and
+// the CPU has AVX-512F), and the few-rows paths.
+int qk_avx512_allowed(void);
 int qk_gemv_avx512_applies(const qk_packed *w, int64_t n);
 void qk_gemv_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
                             int64_t begin, int64_t end);
 void qk_gemv_backward_avx512(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
                              int64_t begin, int64_t end, int32_t accumulate);
+// qgemm_tiled_avx512.c: the many-rows products, when the CPU has AVX-512F.
+size_t qk_tiled_avx512_scratch_floats(void);
+void qk_tiled_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
+                             int64_t begin, int64_t end, float *restrict scratch);
+void qk_tiled_backward_avx512(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
+                              int64_t begin, int64_t end, int32_t accumulate, float *restrict scratch);
 #endif
 
 #endif

@@ -11,7 +11,8 @@
 // - More rows (training): bound by arithmetic. A tile of W (at most 256 × 256)
 //   is dequantized once into scratch, laid out as 16-wide panels, and a 6 × 16
 //   register-blocked micro-kernel runs over it for every row of X, so the
-//   decoding cost vanishes next to the 2 · n flops per weight.
+//   decoding cost vanishes next to the 2 · n flops per weight. On CPUs with
+//   AVX-512F, qgemm_tiled_avx512.c does the same with 32 registers.
 //
 // Summation order depends on n, W and the path only (never on the slice),
 // so results do not depend on how the caller splits the work across threads.
@@ -149,8 +150,7 @@ typedef struct {
 
 AVX2 static lut4 lut4_make(int32_t type) {
     float t[16];
-    for (int v = 0; v < 16; v++)
-        t[v] = type == QK_TYPE_INT4 ? (float)(v - 8) : type == QK_TYPE_NF4 ? qk_nf4_table[v] : qk_fp4_table[v];
+    qk_nibble_values(t, type);
     uint8_t planes[4][16];
     for (int v = 0; v < 16; v++) {
         uint32_t u;
@@ -534,18 +534,11 @@ static size_t tile_scratch_floats(void) {
     return (size_t)((MC + MR - 1) / MR * MR) * KC + (size_t)(NC_BWD + NR) * KC + 256;
 }
 
-// Rows of X per pass over W: at most MC, split evenly so that no pass is a
-// sliver that pays for a whole dequantization of W on its own.
-static int64_t chunk_rows(int64_t n) {
-    const int64_t passes = (n + MC - 1) / MC;
-    return (n + passes - 1) / passes;
-}
-
 AVX2 static void tiled_forward(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
                                int64_t begin, int64_t end, float *restrict scratch) {
     const int64_t in = w->cols, out = w->rows;
     const tile_scratch s = tile_scratch_split(scratch);
-    const int64_t mc = chunk_rows(n);
+    const int64_t mc = qk_chunk_rows(n, MC);
     for (int64_t i0 = 0; i0 < n; i0 += mc) {
         const int64_t m = n - i0 < mc ? n - i0 : mc;
         for (int64_t k0 = 0; k0 < in; k0 += KC) {
@@ -564,7 +557,7 @@ AVX2 static void tiled_backward(float *restrict dx, const float *restrict dy, in
                                 int64_t begin, int64_t end, int accumulate, float *restrict scratch) {
     const int64_t in = w->cols, out = w->rows;
     const tile_scratch s = tile_scratch_split(scratch);
-    const int64_t mc = chunk_rows(n);
+    const int64_t mc = qk_chunk_rows(n, MC);
     for (int64_t i0 = 0; i0 < n; i0 += mc) {
         const int64_t m = n - i0 < mc ? n - i0 : mc;
         for (int64_t k0 = 0; k0 < out; k0 += KC) {
@@ -589,8 +582,10 @@ static int gemv_applies(const qk_packed *w, int64_t n) {
 
 size_t qk_matmul_scratch_floats_avx2(const qk_packed *w, int64_t n, int32_t direction) {
     (void)direction;
-    const size_t gemv = gemv_applies(w, n) ? (size_t)(n * w->cols) : 0;
-    return gemv > tile_scratch_floats() ? gemv : tile_scratch_floats();
+    size_t floats = gemv_applies(w, n) ? (size_t)(n * w->cols) : 0;
+    if (tile_scratch_floats() > floats) floats = tile_scratch_floats();
+    if (qk_tiled_avx512_scratch_floats() > floats) floats = qk_tiled_avx512_scratch_floats();
+    return floats;
 }
 
 void qk_matmul_forward_avx2(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
@@ -602,6 +597,7 @@ void qk_matmul_forward_avx2(float *restrict y, const float *restrict x, int64_t 
     }
     if (qk_gemv_avx512_applies(w, n)) qk_gemv_forward_avx512(y, x, n, w, begin, end);
     else if (gemv_applies(w, n)) gemv_forward_any(y, x, n, w, begin, end, scratch);
+    else if (qk_avx512_allowed()) qk_tiled_forward_avx512(y, x, n, w, begin, end, scratch);
     else tiled_forward(y, x, n, w, begin, end, scratch);
 }
 
@@ -617,6 +613,7 @@ void qk_matmul_backward_avx2(float *restrict dx, const float *restrict dy, int64
     const int aligned = begin % B == 0 && end % B == 0;
     if (aligned && qk_gemv_avx512_applies(w, n)) qk_gemv_backward_avx512(dx, dy, n, w, begin, end, accumulate);
     else if (aligned && gemv_applies(w, n)) gemv_backward_any(dx, dy, n, w, begin, end, accumulate, scratch);
+    else if (qk_avx512_allowed()) qk_tiled_backward_avx512(dx, dy, n, w, begin, end, accumulate, scratch);
     else tiled_backward(dx, dy, n, w, begin, end, accumulate, scratch);
 }
 

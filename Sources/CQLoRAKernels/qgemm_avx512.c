@@ -28,17 +28,19 @@ int qk_matmul_allow_avx512(int allow) {
 #define AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
 #define AVX512_INLINE __attribute__((target("avx512f,avx2,fma,f16c"), always_inline)) static inline
 
-int qk_gemv_avx512_applies(const qk_packed *w, int64_t n) {
-    if (n > QK_GEMV512_MAX_N || w->cols % w->block_size != 0) return 0;
+int qk_avx512_allowed(void) {
     if (!atomic_load_explicit(&allow_avx512, memory_order_relaxed)) return 0;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f");
 }
 
+int qk_gemv_avx512_applies(const qk_packed *w, int64_t n) {
+    return n <= QK_GEMV512_MAX_N && w->cols % w->block_size == 0 && qk_avx512_allowed();
+}
+
 AVX512 static __m512 table_of(int32_t type) {
     float t[16];
-    for (int v = 0; v < 16; v++)
-        t[v] = type == QK_TYPE_INT4 ? (float)(v - 8) : type == QK_TYPE_NF4 ? qk_nf4_table[v] : qk_fp4_table[v];
+    qk_nibble_values(t, type);
     return _mm512_loadu_ps(t);
 }
 

@@ -140,6 +140,42 @@ enum KernelVariant {
         }
     }
 
+    /// Many rows: more than one pass of the tiled GEMM over W (the passes take at
+    /// most 516 rows), W tiles of 128 columns and narrower, partial last panels,
+    /// and (37 × 300) blocks that straddle rows. Slicing must not change the
+    /// bits, and the AVX2 and AVX-512 tiles sum in the same order, so they must
+    /// agree bit for bit too. (Arrays this large are compared outside #expect,
+    /// whose failure report would print them.)
+    @Test(arguments: QuantType.allCases, [(32, ScaleKind.f16), (64, .dq8), (256, .f32)])
+    func manyRowsMatchReference(type: QuantType, scales: (block: Int, kind: ScaleKind)) throws {
+        let spec = QuantSpec(type: type, blockSize: scales.block, scaleKind: scales.kind)
+        let n = 530
+        for (i, (rows, cols)) in [(37, 300), (200, 512)].enumerated() {
+            let c = try PackedCase(spec, rows: rows, cols: cols, seed: UInt64(20 + i))
+            var rng = SeededGenerator(seed: UInt64(30 + i))
+            let x = rng.gaussian(count: n * cols), dy = rng.gaussian(count: n * rows)
+            let label = "\(spec) \(rows)x\(cols) n=\(n)"
+            let yRef = c.forward(x, n: n, slices: 1, reference: true)
+            let dxRef = c.backward(dy, n: n, slices: 1, reference: true)
+            var ys: [[Float]] = [], dxs: [[Float]] = []
+            KernelVariant.both { variant in
+                let y = c.forward(x, n: n, slices: 3, reference: false)
+                #expect(relativeError(y, yRef) < Self.tolerance, "forward \(label) \(variant)")
+                let dx = c.backward(dy, n: n, slices: 3, reference: false)
+                #expect(relativeError(dx, dxRef) < Self.tolerance, "backward \(label) \(variant)")
+                let sameY = c.forward(x, n: n, slices: 1, reference: false) == y
+                let sameDX = c.backward(dy, n: n, slices: 1, reference: false) == dx
+                #expect(sameY, "forward \(label) \(variant): 1 and 3 slices differ")
+                #expect(sameDX, "backward \(label) \(variant): 1 and 3 slices differ")
+                ys.append(y)
+                dxs.append(dx)
+            }
+            let sameY = ys[0] == ys[1], sameDX = dxs[0] == dxs[1]
+            #expect(sameY, "forward \(label): AVX2 and AVX-512 tiles differ")
+            #expect(sameDX, "backward \(label): AVX2 and AVX-512 tiles differ")
+        }
+    }
+
     @Test(arguments: allSpecs)
     func referenceMatchesBLASOnDequantizedWeight(spec: QuantSpec) throws {
         let (rows, cols, n) = (19, 100, 17)

@@ -215,9 +215,10 @@ void qk_matmul_backward(float *restrict dx, const float *restrict dy, int64_t n,
 void qk_matmul_backward_ref(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
                             int64_t begin, int64_t end, int32_t accumulate, float *restrict scratch);
 
-/// Whether the AVX2 entry points may take their AVX-512 sub-path (decode
-/// for few rows) on CPUs that have AVX-512F; on by default. Tests turn it off
-/// to check the AVX2 code on such CPUs. Returns the previous setting.
+/// Whether the AVX2 entry points may take their AVX-512 sub-paths (decode
+/// in registers for few rows, the tiled GEMM for many) on CPUs that have
+/// AVX-512F; on by default. Tests turn it off to check the AVX2 code on such
+/// CPUs. Returns the previous setting.
 int qk_matmul_allow_avx512(int allow);
 
 /// Dequantize flat elements [first, first + count) of W (any alignment) with
