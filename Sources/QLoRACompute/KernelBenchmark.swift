@@ -8,8 +8,8 @@ import QLoRAStorage
 /// weights, the scalar reference, and the machine's memory bandwidth: what
 /// `qlora bench kernels` prints.
 ///
-/// Honesty rules: every method runs in this one process, interleaved rep by
-/// rep, after a warm-up; times are medians; weights rotate through enough
+/// Honesty rules: every method runs in this one process, interleaved (three
+/// rounds of blocks), after a warm-up; times are medians; weights rotate through enough
 /// copies to exceed twice the last-level cache, so no method reads its
 /// weights from cache when a real model would not; OpenBLAS gets the same
 /// thread count as the packed kernels.
@@ -211,11 +211,18 @@ public final class KernelBenchmark {
             let refProbe = seconds(scalar)
             refReps = Self.oddClamp(Int(targetSeconds / max(refProbe, 1e-9)), 3, reps)
         }
+        // Interleaved in rounds of blocks, not rep by rep: after a call,
+        // OpenBLAS's worker threads busy-wait for about 2^28 cycles before
+        // sleeping, so a packed product started right after one shares a core
+        // with them (measured: exactly half speed in about half the cases).
+        // Each block of ours starts after that spin has run out.
         var tOurs: [Double] = [], tBLAS: [Double] = [], tRef: [Double] = []
-        for r in 0..<reps {
-            tOurs.append(seconds(ours))
-            tBLAS.append(seconds(blas))
-            if r < refReps { tRef.append(seconds(scalar)) }
+        let rounds = 3
+        for round in 0..<rounds {
+            Thread.sleep(forTimeInterval: Self.openBLASSpinSeconds)
+            for _ in (reps * round / rounds)..<(reps * (round + 1) / rounds) { tOurs.append(seconds(ours)) }
+            for _ in (refReps * round / rounds)..<(refReps * (round + 1) / rounds) { tRef.append(seconds(scalar)) }
+            for _ in (reps * round / rounds)..<(reps * (round + 1) / rounds) { tBLAS.append(seconds(blas)) }
         }
         return Result(
             benchCase: c, seconds: Self.median(tOurs), openBLASSeconds: Self.median(tBLAS),
@@ -223,6 +230,9 @@ public final class KernelBenchmark {
     }
 
     /// The fp32 baseline: cblas_sgemv for one row, cblas_sgemm otherwise.
+    /// Longer than OpenBLAS's default thread time-out (2^28 cycles) at 2.5 GHz and up.
+    static let openBLASSpinSeconds = 0.12
+
     private static func openBLAS(_ c: Case, w: UnsafePointer<Float>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         let n = Int32(c.n), o = Int32(c.outFeatures), i = Int32(c.inFeatures)
         switch (c.direction, c.n) {
