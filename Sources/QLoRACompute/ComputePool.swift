@@ -171,11 +171,7 @@ private final class Workers: @unchecked Sendable {
         generation.add(1, ordering: .releasing)
         wakeSleepers()
         job(0)
-        if !spin(until: { pending.load(ordering: .acquiring) == 0 }) {
-            signal.lock()
-            while pending.load(ordering: .acquiring) > 0 { signal.wait() }
-            signal.unlock()
-        }
+        wait { self.pending.load(ordering: .acquiring) == 0 }
         self.job = nil
     }
 
@@ -192,10 +188,14 @@ private final class Workers: @unchecked Sendable {
         signal.unlock()
     }
 
-    /// Polls `done` up to `spinLimit` times; whether it became true.
-    private func spin(until done: () -> Bool) -> Bool {
-        for _ in 0..<Self.spinLimit where done() { return true }
-        return done()
+    /// Returns once `done` holds: polls it up to `spinLimit` times, then
+    /// sleeps on the condition (every change it waits for is followed by
+    /// `wakeSleepers`).
+    private func wait(until done: () -> Bool) {
+        for _ in 0..<Self.spinLimit where done() { return }
+        signal.lock()
+        while !done() { signal.wait() }
+        signal.unlock()
     }
 
     private func loop(_ index: Int) {
@@ -205,12 +205,7 @@ private final class Workers: @unchecked Sendable {
         signal.unlock()
         var seen = 0
         while true {
-            let posted = { self.generation.load(ordering: .acquiring) != seen || self.stopping.load(ordering: .acquiring) }
-            if !spin(until: posted) {
-                signal.lock()
-                while !posted() { signal.wait() }
-                signal.unlock()
-            }
+            wait { self.generation.load(ordering: .acquiring) != seen || self.stopping.load(ordering: .acquiring) }
             if stopping.load(ordering: .acquiring) { break }
             seen = generation.load(ordering: .acquiring)
             job!(index)

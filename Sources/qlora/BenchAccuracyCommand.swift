@@ -73,7 +73,7 @@ struct BenchAccuracyCommand: ParsableCommand {
         do {
             let types = try AccuracySweep.parseTypes(types), blocks = try AccuracySweep.parseBlockSizes(blockSizes)
             let modelURL = URL(fileURLWithPath: model)
-            let tuning = try finetune.map { dataset in
+            let tuning = finetune.map { dataset in
                 // Examples as long as the model takes, at most 1024 tokens (an unreadable model
                 // folder is left for the sweep to report).
                 let configURL = modelURL.appendingPathComponent(HFCheckpoint.configFileName)
