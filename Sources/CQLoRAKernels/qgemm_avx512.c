@@ -65,6 +65,12 @@ static inline int64_t unit_pos1(int64_t u, int64_t B, const int int8) { return i
 
 enum { STEPS = 64 };
 
+// Prefetches the cache lines that start within base[from, to): each line once
+// when consecutive calls cover consecutive ranges.
+AVX512_INLINE void prefetch_lines(const char *base, size_t from, size_t to) {
+    for (size_t at = (from + 63) & ~(size_t)63; at < to; at += 64) _mm_prefetch(base + at, _MM_HINT_T0);
+}
+
 // qk_block_steps_avx2 with 16-wide gathers of the DQ8 code table (half the
 // gathers of AVX2, which cost a few percent of a 4-bit GEMV); the same two
 // roundings per scale, so the same bits.
@@ -102,6 +108,8 @@ AVX512_INLINE void forward_group(float *restrict y, const float *restrict x, con
     const size_t bb = qk_block_bytes(w->type, w->block_size);
     const __m512 table = int8 ? _mm512_setzero_ps() : table_of(w->type);
     float d[4][STEPS];
+    const int prefetch = o + 2 * R <= out;
+    const char *next = (const char *)(w->codes + (size_t)(o + R) * bpr * bb);
     __m512 a0[4][QK_GEMV512_MAX_N], a1[4][QK_GEMV512_MAX_N];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < NT; t++) a0[r][t] = a1[r][t] = _mm512_setzero_ps();
@@ -114,6 +122,11 @@ AVX512_INLINE void forward_group(float *restrict y, const float *restrict x, con
             if (!int8) scaled[r] = _mm512_mul_ps(table, _mm512_set1_ps(d[r][b % STEPS]));
             for (int t = 0; t < NT; t++) p0[r][t] = p1[r][t] = _mm512_setzero_ps();
         }
+        // Each row's codes are only a few cache lines long, too short a
+        // stream for the hardware prefetcher to learn before it ends: fetch
+        // the next group's codes (contiguous after this group's), as many
+        // lines per block as this group reads.
+        if (prefetch) prefetch_lines(next, (size_t)b * R * bb, (size_t)(b + 1) * R * bb);
         for (int64_t u = 0; u < B / 32; u++) {
             const int64_t j0 = b * B + unit_pos0(u, int8), j1 = b * B + unit_pos1(u, B, int8);
             for (int r = 0; r < R; r++) {
@@ -170,6 +183,9 @@ AVX512_INLINE void backward_group(float *restrict dx, const float *restrict dy, 
         for (int r = 0; r < R; r++) {
             for (int t = 0; t < NT; t++) s[r][t] = dy[t * out + o + r] * d[r][(b - b0) % STEPS];
             c[r] = w->codes + (size_t)((o + r) * bpr + b) * bb;
+            // The next group's rows over this slice, as in forward_group.
+            if (o + 2 * R <= out)
+                prefetch_lines((const char *)w->codes, ((o + R + r) * bpr + b) * bb, ((o + R + r) * bpr + b + 1) * bb);
         }
         for (int64_t u = 0; u < B / 32; u++) {
             float *d0 = dx + b * B + unit_pos0(u, int8), *d1 = dx + b * B + unit_pos1(u, B, int8);
