@@ -103,10 +103,9 @@ AVX512_INLINE void block_steps(float *restrict d, const qk_packed *w, int64_t fi
 // bit the reference's) and go straight into the running sums. INT8: each
 // block's partial sums of code · x are scaled once.
 AVX512_INLINE void forward_group(float *restrict y, const float *restrict x, const qk_packed *w, int64_t o,
-                                 const int NT, const int R, const int int8) {
+                                 __m512 table, const int NT, const int R, const int int8) {
     const int64_t in = w->cols, out = w->rows, B = w->block_size, bpr = in / B;
     const size_t bb = qk_block_bytes(w->type, w->block_size);
-    const __m512 table = int8 ? _mm512_setzero_ps() : table_of(w->type);
     float d[4][STEPS];
     const int prefetch = o + 2 * R <= out;
     const char *next = (const char *)(w->codes + (size_t)(o + R) * bpr * bb);
@@ -159,9 +158,10 @@ AVX512_INLINE void forward_group(float *restrict y, const float *restrict x, con
 AVX512_INLINE void forward_rows(float *restrict y, const float *restrict x, const qk_packed *w, int64_t begin,
                                 int64_t end, const int NT, const int int8) {
     const int R = NT == 1 ? 4 : NT <= 4 ? 2 : 1;
+    const __m512 table = int8 ? _mm512_setzero_ps() : table_of(w->type);
     int64_t o = begin;
-    for (; o + R <= end; o += R) forward_group(y, x, w, o, NT, R, int8);
-    for (; o < end; o++) forward_group(y, x, w, o, NT, 1, int8);
+    for (; o + R <= end; o += R) forward_group(y, x, w, o, table, NT, R, int8);
+    for (; o < end; o++) forward_group(y, x, w, o, table, NT, 1, int8);
 }
 
 // Rows [o, o + R) of W (R a constant: the loop over rows unrolls) over blocks
@@ -169,10 +169,9 @@ AVX512_INLINE void forward_rows(float *restrict y, const float *restrict x, cons
 // vector is loaded and stored once per R rows; every dx element still sums
 // the rows of W in order, one FMA each.
 AVX512_INLINE void backward_group(float *restrict dx, const float *restrict dy, const qk_packed *w, int64_t o,
-                                  int64_t b0, int64_t b1, const int NT, const int R, const int int8) {
+                                  int64_t b0, int64_t b1, __m512 table, const int NT, const int R, const int int8) {
     const int64_t in = w->cols, out = w->rows, B = w->block_size, bpr = in / B;
     const size_t bb = qk_block_bytes(w->type, w->block_size);
-    const __m512 table = int8 ? _mm512_setzero_ps() : table_of(w->type);
     float d[4][STEPS];
     for (int64_t b = b0; b < b1; b++) {
         if ((b - b0) % STEPS == 0)
@@ -215,9 +214,10 @@ AVX512_INLINE void backward_group(float *restrict dx, const float *restrict dy, 
 AVX512_INLINE void backward_rows(float *restrict dx, const float *restrict dy, const qk_packed *w, int64_t begin,
                                  int64_t end, const int NT, const int int8) {
     const int64_t B = w->block_size, b0 = begin / B, b1 = end / B;
+    const __m512 table = int8 ? _mm512_setzero_ps() : table_of(w->type);
     int64_t o = 0;
-    for (; o + 4 <= w->rows; o += 4) backward_group(dx, dy, w, o, b0, b1, NT, 4, int8);
-    for (; o < w->rows; o++) backward_group(dx, dy, w, o, b0, b1, NT, 1, int8);
+    for (; o + 4 <= w->rows; o += 4) backward_group(dx, dy, w, o, b0, b1, table, NT, 4, int8);
+    for (; o < w->rows; o++) backward_group(dx, dy, w, o, b0, b1, table, NT, 1, int8);
 }
 
 AVX512 void qk_gemv_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
