@@ -19,8 +19,10 @@ let allSpecs: [QuantSpec] = QuantType.allCases.flatMap { type in
     }
 }
 
-/// (out, in): aligned rows, rows straddling blocks, a single short row.
-let awkwardShapes = [(37, 512), (19, 100), (5, 33)]
+/// (out, in): aligned rows, rows straddling blocks, a single short row, and
+/// rows of 21 or 42 blocks, whose runs of 16 block scales straddle the
+/// 256-block groups of double-quantized scales.
+let awkwardShapes = [(37, 512), (19, 100), (5, 33), (37, 1344)]
 /// Around the path switches: fused decode up to 4 rows (AVX2) or 8 (AVX-512,
 /// every type), the tiled GEMM above.
 let batchSizes = [1, 3, 4, 5, 8, 9, 17]
