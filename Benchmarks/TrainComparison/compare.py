@@ -19,9 +19,11 @@ Not part of the Swift package: the Python side is installed outside the project
            the NF4/64/double-quant packed base (QLoRA) and over the fp32 folder (LoRA); the
            final validation losses (completion tokens) and their ratio, once per --seeds value
            (seed of the LoRA initialisation, dropout and data order), with their median and range.
+           With --loftq the QLoRA adapters start from LoftQ's approximation of the quantization
+           error (qlora train --loftq-reference), the LoRA run as before.
 
 Usage:  python3 compare.py speed   --qlora .build/release/qlora [--python /tmp/hfenv/bin/python] [--repeat 3]
-        python3 compare.py quality --qlora .build/release/qlora
+        python3 compare.py quality --qlora .build/release/qlora [--seeds 1 2 3 4 5 6] [--loftq]
 Results are printed as a table and written to --out (JSON).
 """
 import argparse
@@ -216,7 +218,9 @@ def quality(args):
         for label, model in [("QLoRA (NF4/64/DQ base)", packed), ("LoRA (fp32 base)", data)]:
             out = os.path.join(work, "qlora" if model == packed else "lora")
             subprocess.run(["rm", "-rf", out], check=True)
-            subprocess.run([args.qlora, "train", "--model", model, "--output", out] + settings, check=True,
+            # LoftQ starts the QLoRA adapters at the rank-r approximation of W - Q(W); the fp32 base has no such error.
+            loftq = ["--loftq-reference", data] if args.loftq and model == packed else []
+            subprocess.run([args.qlora, "train", "--model", model, "--output", out] + settings + loftq, check=True,
                            capture_output=True)
             records = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
             valid = [r["valid_loss"] for r in records if "valid_loss" in r]
@@ -252,6 +256,7 @@ def main():
     ap.add_argument("--rank", type=int, default=16, help="quality: LoRA rank (alpha is twice the rank)")
     ap.add_argument("--learning-rate", type=float, default=5e-4, help="quality: peak learning rate (cosine, 10 warm-up steps)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[42], help="quality: one QLoRA/LoRA pair per seed")
+    ap.add_argument("--loftq", action="store_true", help="quality: LoftQ initialization of the QLoRA adapters (--loftq-reference)")
     ap.add_argument("--repeat", type=int, default=3, help="speed: clean runs per case")
     ap.add_argument("--only", nargs="*", help="speed: cases whose label contains one of these")
     ap.add_argument("--max-wait", type=float, default=300, help="speed: seconds to wait for a quiet machine before each run")

@@ -23,6 +23,9 @@ import QLoRAPlot
 public enum TrainingEvent: Sendable {
     /// Training is about to take step `firstStep + 1` of `totalSteps` (`firstStep` > 0 when resumed).
     case started(firstStep: Int, totalSteps: Int)
+    /// The adapters start from LoftQ's approximation of the quantization error
+    /// (`TrainingConfiguration.loftqReference`), before the first validation.
+    case loftqInitialized(LoftQReport)
     case stepFinished(StepReport)
     /// The validation loss after `step` steps (0 = before training).
     case evaluated(step: Int, loss: Double)
@@ -162,6 +165,10 @@ public final class Trainer {
 
         var random = Xoshiro256(seed: configuration.seed, stream: Self.randomStream)
         try model.attachLoRA(configuration.lora, using: &random)
+        if checkpoint == nil, let folder = configuration.loftqReference {
+            let source = try HFCheckpoint(directory: URL(fileURLWithPath: folder))
+            observer(.loftqInitialized(try model.initializeLoRAFromReference({ try source.floats($0) }, seed: configuration.seed)))
+        }
         model.gradientCheckpointing = configuration.gradientCheckpointing
         let optimizer = try AdapterOptimizer(model: model, schedule: schedule, peakLearningRate: configuration.learningRate,
                                              weightDecay: configuration.weightDecay, hyperparameters: configuration.adam,

@@ -43,6 +43,12 @@ public struct TrainingConfiguration: Codable, Hashable, Sendable {
 
     /// Rank, alpha, rsLoRA, dropout, targets, layers and initialization of the LoRA adapters.
     public var lora: LoRAConfiguration
+    /// A Hugging Face folder with the full-precision weights the packed base
+    /// was quantized from: the adapters then start from LoftQ's rank-r
+    /// approximation of the quantization error (`LlamaModel.initializeLoRAFromReference`)
+    /// instead of B = 0. Used when a run starts; a resumed run restores its
+    /// adapters from the checkpoint.
+    public var loftqReference: String?
 
     // MARK: Data
 
@@ -85,7 +91,7 @@ public struct TrainingConfiguration: Codable, Hashable, Sendable {
     /// Checkpoints kept (the newest).
     public var keepCheckpoints: Int
 
-    public init(lora: LoRAConfiguration = LoRAConfiguration(), maxSequenceLength: Int = 1024, batchSize: Int = 4,
+    public init(lora: LoRAConfiguration = LoRAConfiguration(), loftqReference: String? = nil, maxSequenceLength: Int = 1024, batchSize: Int = 4,
                 gradientAccumulation: Int = 1, batching: BatchingMode = .padded, shuffle: Bool = true,
                 lossOnPrompt: Bool = false, appendEOS: Bool = true, chatTemplate: String? = nil,
                 learningRate: Double = 2e-4, schedule: String = "linear", warmupSteps: Int = 0, weightDecay: Double = 0,
@@ -93,6 +99,7 @@ public struct TrainingConfiguration: Codable, Hashable, Sendable {
                 seed: UInt64 = 42, gradientCheckpointing: Bool = false,
                 evaluateEvery: Int? = nil, saveEvery: Int? = nil, keepCheckpoints: Int = 2) {
         self.lora = lora
+        self.loftqReference = loftqReference
         self.maxSequenceLength = maxSequenceLength
         self.batchSize = batchSize
         self.gradientAccumulation = gradientAccumulation
@@ -152,6 +159,8 @@ public struct TrainingConfiguration: Codable, Hashable, Sendable {
         }
         a.keepCheckpoints = 0
         b.keepCheckpoints = 0
+        a.loftqReference = nil
+        b.loftqReference = nil
         guard a != b else { return [] }
         // Name the fields through their JSON encoding, so every field is covered.
         let encoder = JSONEncoder()

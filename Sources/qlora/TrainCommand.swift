@@ -98,6 +98,10 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Initialization of A: peft (kaiming-uniform) or gaussian. B starts at zero.")
     var initialization = "peft"
 
+    @Option(name: .customLong("loftq-reference"),
+            help: "QLoRA only: the Hugging Face folder the packed model was quantized from. The adapters then start from LoftQ's rank-r approximation of the quantization error (W − Q(W)) instead of B = 0.")
+    var loftqReference: String?
+
     @Option(name: .customLong("learning-rate"), help: "Peak learning rate.")
     var learningRate = 2e-4
 
@@ -174,7 +178,7 @@ struct TrainingOptions: ParsableArguments {
         let lora = LoRAConfiguration(rank: rank, alpha: alpha, targetModules: modules, useRSLoRA: rslora, dropout: dropout,
                                      layers: try layers.map(Self.parseLayers), initialization: initialization)
         let configuration = TrainingConfiguration(
-            lora: lora, maxSequenceLength: maxSeqLen, batchSize: batchSize, gradientAccumulation: gradAccum,
+            lora: lora, loftqReference: loftqReference, maxSequenceLength: maxSeqLen, batchSize: batchSize, gradientAccumulation: gradAccum,
             batching: packing ? .packed : .padded, lossOnPrompt: lossOnPrompt, appendEOS: !noEOS, chatTemplate: chatTemplate,
             learningRate: learningRate, schedule: schedule, warmupSteps: warmup, weightDecay: weightDecay,
             maxGradientNorm: maxGradNorm > 0 ? maxGradNorm : nil,

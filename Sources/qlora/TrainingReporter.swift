@@ -41,6 +41,9 @@ final class TrainingReporter {
             case let .started(first, total):
                 firstStep = first
                 if first > 0 { emit("resuming after step \(first) of \(total)") }
+            case let .loftqInitialized(report):
+                emit(String(format: "LoftQ initialization of %d adapters: quantization error %.2f %% → %.2f %% of the weights' norm",
+                            report.modules, 100 * report.relativeErrorBefore, 100 * report.relativeErrorAfter))
             case let .stepFinished(report):
                 secondsSoFar += report.seconds
                 line.show(progress(report))

@@ -166,6 +166,7 @@ final class PoisonedLinear: FrozenLinear, @unchecked Sendable {
         let summary = try trainer.run { event in
             switch event {
             case .started: events.append("started")
+            case .loftqInitialized: events.append("loftq")
             case .stepFinished: events.append("step")
             case let .evaluated(step, _): events.append("eval \(step)")
             case let .checkpointSaved(step, _): events.append("save \(step)")
@@ -191,6 +192,42 @@ final class PoisonedLinear: FrozenLinear, @unchecked Sendable {
         // Checkpoints carry the same adapter as a PEFT folder too.
         let last = try #require(summary.lastCheckpoint)
         #expect(try reloaded.loadLoRA(directory: last) == configuration)
+    }
+
+    /// With a LoftQ reference, a QLoRA run starts from the adapters that
+    /// approximate the quantization error: the first validation loss is
+    /// closer to the fp32 model's than the packed model's is. A resumed run
+    /// restores its adapters instead of initializing them again.
+    @Test func loftqReferenceStartsNearTheFullPrecisionModel() throws {
+        let folder = try TemporaryDirectory("trainer-loftq")
+        defer { folder.remove() }
+        let data = try Run.dataset(in: folder)
+        func firstValidation(packed: Bool, loftq: Bool, output: String, stopAfter: Int? = nil) throws -> (Double, [String]) {
+            let configuration = Run.configuration(steps: 4) { c in
+                c.lora = LoRAConfiguration(rank: 16, alpha: 32)
+                c.loftqReference = loftq ? EmbeddedModel.directory.path : nil
+            }
+            let trainer = try Run.trainer(try Run.model(packed: packed), data: data, output: folder.appending(output), configuration)
+            var events: [String] = []
+            let summary = try trainer.run(stopAfter: stopAfter) { event in
+                if case let .loftqInitialized(report) = event {
+                    events.append("loftq \(report.modules)")
+                    #expect(report.relativeErrorAfter < 0.65 * report.relativeErrorBefore)
+                }
+            }
+            return (try #require(summary.initialValidLoss), events)
+        }
+        let (packed, plain) = try firstValidation(packed: true, loftq: false, output: "plain")
+        let (full, _) = try firstValidation(packed: false, loftq: false, output: "full")
+        let (compensated, events) = try firstValidation(packed: true, loftq: true, output: "loftq", stopAfter: 2)
+        #expect(plain.isEmpty && events == ["loftq 35"])
+        #expect(compensated < packed && abs(compensated - full) < abs(packed - full),
+                "validation loss: packed \(packed), LoftQ \(compensated), fp32 \(full)")
+        let resumed = try Run.trainer(try Run.model(packed: true), data: data, output: folder.appending("loftq"),
+                                      Run.configuration(steps: 4) { $0.lora = LoRAConfiguration(rank: 16, alpha: 32) })
+        var resumedEvents: [String] = []
+        try resumed.run(resume: true) { if case .loftqInitialized = $0 { resumedEvents.append("loftq") } }
+        #expect(resumedEvents.isEmpty)
     }
 
     @Test func epochsBecomeSteps() throws {
