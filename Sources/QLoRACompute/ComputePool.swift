@@ -134,12 +134,15 @@ private struct Job {
 /// (tens of microseconds) would cost as much as the products themselves:
 /// workers and the caller first spin for a while on atomics, and only sleep
 /// on the condition when no job comes (or no worker finishes) within
-/// `spinLimit` polls. Workers hold this object, not the pool, so a pool can
-/// be released (which stops them).
+/// `spinTime`. Workers hold this object, not the pool, so a pool can be
+/// released (which stops them).
 private final class Workers: @unchecked Sendable {
-    /// Polls before sleeping: roughly 50–100 µs, longer than the gap between
-    /// two calls of a decode step and far shorter than a scheduler tick.
-    private static let spinLimit = 20_000
+    /// Polling before sleeping. Longer than the gap between two calls of a
+    /// decode step and than the time one thread waits for the other to
+    /// finish its half of a product streamed from memory (measured with
+    /// 50–100 µs of polling: idle cores and futex wake-ups took a third of
+    /// the decode time of a 1.1B model); far shorter than a scheduler tick.
+    private static let spinTime = Duration.microseconds(500)
 
     private let signal = NSCondition()
     private let generation = Atomic<Int>(0)
@@ -188,11 +191,19 @@ private final class Workers: @unchecked Sendable {
         signal.unlock()
     }
 
-    /// Returns once `done` holds: polls it up to `spinLimit` times, then
-    /// sleeps on the condition (every change it waits for is followed by
-    /// `wakeSleepers`).
+    /// Returns once `done` holds: polls it for up to `spinTime` (reading the
+    /// clock every 256 polls), then sleeps on the condition (every change it
+    /// waits for is followed by `wakeSleepers`).
     private func wait(until done: () -> Bool) {
-        for _ in 0..<Self.spinLimit where done() { return }
+        let clock = ContinuousClock(), deadline = clock.now + Self.spinTime
+        var polls = 0
+        while !done() {
+            polls &+= 1
+            if polls & 255 == 0 && clock.now >= deadline { return sleep(until: done) }
+        }
+    }
+
+    private func sleep(until done: () -> Bool) {
         signal.lock()
         while !done() { signal.wait() }
         signal.unlock()
