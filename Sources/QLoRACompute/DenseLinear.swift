@@ -1,6 +1,7 @@
-/// A frozen fp32 linear map computed with OpenBLAS on the shared pool's threads: the full-precision base
-/// that the packed 4/8-bit weights are checked against, and what the
-/// embeddings-tied lm_head and unquantized checkpoints run on.
+/// A frozen fp32 linear map computed with OpenBLAS on the shared pool's
+/// threads: the full-precision base that the packed 4/8-bit weights are
+/// checked against, and what the embeddings-tied lm_head and unquantized
+/// checkpoints run on.
 ///
 /// The weight is held as a Swift array, so a tied lm_head shares the
 /// embedding table's storage instead of copying it.
@@ -21,21 +22,34 @@ public struct DenseLinear: FrozenLinear {
     }
 
     public func forward(_ x: UnsafePointer<Float>, rows n: Int, into y: UnsafeMutablePointer<Float>) {
-        guard n > 0 else { return }
-        weight.withUnsafeBufferPointer { w in
-            // y[n, out] = x[n, in] · W[out, in]ᵀ
-            ComputePool.shared.sgemm(.plain, .transposed, m: n, n: outFeatures, k: inFeatures, alpha: 1,
-                                     a: x, lda: inFeatures, b: w.baseAddress!, ldb: inFeatures, beta: 0, c: y, ldc: outFeatures)
+        weight.withUnsafeBufferPointer {
+            Self.forward(weight: $0.baseAddress!, outFeatures: outFeatures, inFeatures: inFeatures, x, rows: n, into: y)
         }
     }
 
     public func backwardInput(_ dy: UnsafePointer<Float>, rows n: Int, into dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
-        guard n > 0 else { return }
-        weight.withUnsafeBufferPointer { w in
-            // dx[n, in] (+)= dy[n, out] · W[out, in]
-            ComputePool.shared.sgemm(.plain, .plain, m: n, n: inFeatures, k: outFeatures, alpha: 1,
-                                     a: dy, lda: outFeatures, b: w.baseAddress!, ldb: inFeatures,
-                                     beta: accumulate ? 1 : 0, c: dx, ldc: inFeatures)
+        weight.withUnsafeBufferPointer {
+            Self.backwardInput(weight: $0.baseAddress!, outFeatures: outFeatures, inFeatures: inFeatures, dy, rows: n,
+                               into: dx, accumulate: accumulate)
         }
+    }
+
+    /// y[n, out] = x[n, in] · W[out, in]ᵀ for any row-major fp32 W (an array
+    /// here, a mapped tensor in `MappedLinear`).
+    public static func forward(weight w: UnsafePointer<Float>, outFeatures: Int, inFeatures: Int,
+                               _ x: UnsafePointer<Float>, rows n: Int, into y: UnsafeMutablePointer<Float>) {
+        guard n > 0 else { return }
+        ComputePool.shared.sgemm(.plain, .transposed, m: n, n: outFeatures, k: inFeatures, alpha: 1,
+                                 a: x, lda: inFeatures, b: w, ldb: inFeatures, beta: 0, c: y, ldc: outFeatures)
+    }
+
+    /// dx[n, in] (+)= dy[n, out] · W[out, in] for any row-major fp32 W.
+    public static func backwardInput(weight w: UnsafePointer<Float>, outFeatures: Int, inFeatures: Int,
+                                     _ dy: UnsafePointer<Float>, rows n: Int, into dx: UnsafeMutablePointer<Float>,
+                                     accumulate: Bool) {
+        guard n > 0 else { return }
+        ComputePool.shared.sgemm(.plain, .plain, m: n, n: inFeatures, k: outFeatures, alpha: 1,
+                                 a: dy, lda: outFeatures, b: w, ldb: inFeatures,
+                                 beta: accumulate ? 1 : 0, c: dx, ldc: inFeatures)
     }
 }

@@ -229,10 +229,10 @@ public final class KernelBenchmark {
             referenceSeconds: refReps > 0 ? Self.median(tRef) : nil)
     }
 
-    /// The fp32 baseline: cblas_sgemv for one row, cblas_sgemm otherwise.
     /// Longer than OpenBLAS's default thread time-out (2^28 cycles) at 2.5 GHz and up.
     static let openBLASSpinSeconds = 0.12
 
+    /// The fp32 baseline: cblas_sgemv for one row, cblas_sgemm otherwise.
     private static func openBLAS(_ c: Case, w: UnsafePointer<Float>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         let n = Int32(c.n), o = Int32(c.outFeatures), i = Int32(c.inFeatures)
         switch (c.direction, c.n) {

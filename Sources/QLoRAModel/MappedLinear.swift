@@ -19,21 +19,15 @@ public struct MappedLinear: FrozenLinear {
     }
 
     public func forward(_ x: UnsafePointer<Float>, rows n: Int, into y: UnsafeMutablePointer<Float>) {
-        guard n > 0 else { return }
-        weight.withValues { w in
-            // y[n, out] = x[n, in] · W[out, in]ᵀ
-            ComputePool.shared.sgemm(.plain, .transposed, m: n, n: outFeatures, k: inFeatures, alpha: 1,
-                                     a: x, lda: inFeatures, b: w.baseAddress!, ldb: inFeatures, beta: 0, c: y, ldc: outFeatures)
+        weight.withValues {
+            DenseLinear.forward(weight: $0.baseAddress!, outFeatures: outFeatures, inFeatures: inFeatures, x, rows: n, into: y)
         }
     }
 
     public func backwardInput(_ dy: UnsafePointer<Float>, rows n: Int, into dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
-        guard n > 0 else { return }
-        weight.withValues { w in
-            // dx[n, in] (+)= dy[n, out] · W[out, in]
-            ComputePool.shared.sgemm(.plain, .plain, m: n, n: inFeatures, k: outFeatures, alpha: 1,
-                                     a: dy, lda: outFeatures, b: w.baseAddress!, ldb: inFeatures,
-                                     beta: accumulate ? 1 : 0, c: dx, ldc: inFeatures)
+        weight.withValues {
+            DenseLinear.backwardInput(weight: $0.baseAddress!, outFeatures: outFeatures, inFeatures: inFeatures, dy, rows: n,
+                                      into: dx, accumulate: accumulate)
         }
     }
 }
