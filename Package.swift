@@ -33,7 +33,7 @@ let package = Package(
         .target(name: "QLoRATokenizer"),
         // Llama layers with hand-written forward and backward, adapters attached to the frozen linears
         // (QLoRATraining for the seeded generator behind LoRA dropout).
-        .target(name: "QLoRAModel", dependencies: ["QLoRAStorage", "QLoRACompute", "QLoRATraining", "COpenBLAS"]),
+        .target(name: "QLoRAModel", dependencies: ["QLoRAStorage", "QLoRACompute", "QLoRATraining", "CQLoRAKernels", "COpenBLAS"]),
         // The training loop: model, tokenizer, data, optimizer, checkpoints and metrics wired together.
         .target(name: "QLoRATrainer", dependencies: ["QLoRAModel", "QLoRATraining", "QLoRATokenizer", "QLoRAPlot"]),
         // The public face: re-exports the modules above and carries the embedded default model.

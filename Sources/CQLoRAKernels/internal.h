@@ -44,6 +44,22 @@ void qk_bf16_to_f32_avx2(float *restrict y, const uint16_t *restrict x, int64_t 
 int64_t qk_find_nonfinite_avx2(const float *x, int64_t n);
 #endif
 
+// Elementwise passes (elementwise_ref.c, elementwise_simd.c): elements per
+// float partial sum of qk_exp_shifted, and the scalar e^x every path follows.
+#define QK_EXP_RUN 64
+float qk_exp_ref_one(float x);
+#if defined(__x86_64__)
+void qk_swiglu_forward_avx2(float *restrict a, const float *restrict g, const float *restrict u, int64_t n);
+void qk_swiglu_backward_avx2(float *dg, float *restrict du, const float *da, const float *restrict g,
+                             const float *restrict u, int64_t n);
+double qk_exp_shifted_avx2(float *y, const float *x, int64_t n, float shift, float scale);
+#elif defined(__aarch64__)
+void qk_swiglu_forward_neon(float *restrict a, const float *restrict g, const float *restrict u, int64_t n);
+void qk_swiglu_backward_neon(float *dg, float *restrict du, const float *da, const float *restrict g,
+                             const float *restrict u, int64_t n);
+double qk_exp_shifted_neon(float *y, const float *x, int64_t n, float shift, float scale);
+#endif
+
 // Products with a packed weight (qgemm_ref.c, qgemm_avx2.c).
 // Up to this many rows of X the fused decode-in-registers path runs; above
 // it, the dequantized-tile GEMM. Summation orders differ between the two, so

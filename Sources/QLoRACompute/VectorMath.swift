@@ -1,6 +1,6 @@
-/// Elementwise fp32 math eight lanes at a time, for the activation, softmax
-/// and cross-entropy passes of training (libm's scalar expf made them a
-/// tenth of a training step).
+/// Elementwise fp32 reductions and scaling eight lanes at a time, for the
+/// softmax and cross-entropy passes (their exponentials are in the C target,
+/// `qk_exp_shifted`, where AVX2 is chosen at run time).
 ///
 /// Written with SIMD8 operations that lower to SSE2, the baseline Swift
 /// compiles for, so no CPU dispatch is needed; inlinable, because a call per
@@ -9,32 +9,6 @@
 /// position in a buffer or on how work was split across threads.
 public enum VectorMath {
     public typealias Vector = SIMD8<Float>
-
-    /// e^x to within 1 ulp of libm's expf over the float range (Cephes'
-    /// expf: x = n·ln2 + r with |r| ≤ ln2/2, a degree-6 polynomial for e^r,
-    /// times 2^n). Exactly 0 below −87.34 (so −∞, a masked score, gives 0),
-    /// and finite up to 88.38 (+∞ above would need a select; no caller passes one).
-    @inlinable @inline(__always)
-    public static func exp(_ x: Vector) -> Vector {
-        let low: Float = -87.33654, high: Float = 88.37626
-        let clamped = x.replacing(with: low, where: x .< low).replacing(with: high, where: x .> high)
-        // Adding 1.5·2²³ rounds to the nearest integer in the low mantissa bits (SSE2 has no round instruction).
-        let magic = Vector(repeating: 12_582_912)
-        let shifted = clamped * 1.44269504088896341 + magic
-        let n = shifted - magic
-        // ln2 in two parts, so n·ln2 is exact enough for the reduction.
-        let r = clamped - n * 0.693359375 + n * 2.12194440e-4
-        var p = Vector(repeating: 1.9875691500e-4)
-        p = p * r + 1.3981999507e-3
-        p = p * r + 8.3334519073e-3
-        p = p * r + 4.1665795894e-2
-        p = p * r + 1.6666665459e-1
-        p = p * r + 5.0000001201e-1
-        let er = p * (r * r) + r + 1
-        let exponent = unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- unsafeBitCast(magic, to: SIMD8<Int32>.self)
-        let twoToN = unsafeBitCast((exponent &+ 127) &<< 23, to: Vector.self)
-        return (er * twoToN).replacing(with: 0, where: x .< low)
-    }
 
     /// `lanes` (1...8) floats from `p`, any alignment; missing lanes are `fill`.
     @inlinable @inline(__always)
@@ -85,13 +59,6 @@ public enum VectorMath {
     @inlinable
     public static func scale(_ x: UnsafeMutablePointer<Float>, count: Int, by factor: Float) {
         @inline(__always) func body(_ i: Int, _ lanes: Int) { store(load(x + i, lanes: lanes) * factor, x + i, lanes: lanes) }
-        forEachVector(in: 0..<count, body)
-    }
-
-    /// y[i] = e^x[i] for i in 0..<count; y may be x.
-    @inlinable
-    public static func exp(_ x: UnsafePointer<Float>, count: Int, into y: UnsafeMutablePointer<Float>) {
-        @inline(__always) func body(_ i: Int, _ lanes: Int) { store(exp(load(x + i, lanes: lanes)), y + i, lanes: lanes) }
         forEachVector(in: 0..<count, body)
     }
 }

@@ -4,43 +4,10 @@ import QLoRACompute
 import Testing
 import _TestSupport
 
-// VectorMath (eight-lane exp and reductions) against libm and plain loops, and
+// VectorMath (eight-lane reductions) against plain loops, and
 // ComputePool.sgemm (OpenBLAS split across threads) against one OpenBLAS call.
 
 @Suite struct VectorMathTests {
-    @Test func expIsWithinAnUlpOfLibm() {
-        var random = SeededGenerator(seed: 7)
-        // Awkward length: the last call gets 5 lanes.
-        let count = 8 * 1000 + 5
-        var x = (0..<count).map { _ in Float.random(in: -90...88, using: &random) }
-        x[3] = -.infinity
-        x[11] = -87.5 // below the cut: exactly 0, as a masked score must be
-        x[12] = 0
-        var y = [Float](repeating: .nan, count: count)
-        VectorMath.exp(x, count: count, into: &y)
-        #expect(y[3] == 0 && y[11] == 0 && y[12] == 1)
-        var worst: Float = 0
-        for i in 0..<count where x[i] > -87 {
-            let reference = Foundation.exp(x[i])
-            worst = max(worst, abs(y[i] - reference) / reference)
-        }
-        #expect(worst <= 2 * Float.ulpOfOne, "worst relative error \(worst)")
-    }
-
-    @Test func everyLaneIsComputedAlike() {
-        // The partial last vector gives the same values as full vectors, so results do not
-        // depend on where a buffer is cut.
-        var random = SeededGenerator(seed: 8)
-        let x = (0..<13).map { _ in Float.random(in: -20...20, using: &random) }
-        var whole = [Float](repeating: 0, count: 13)
-        VectorMath.exp(x, count: 13, into: &whole)
-        for i in 0..<13 {
-            var one: Float = 0
-            VectorMath.exp([x[i]], count: 1, into: &one)
-            #expect(one == whole[i])
-        }
-    }
-
     @Test func maximumAndScaleMatchPlainLoops() {
         var random = SeededGenerator(seed: 9)
         for count in [1, 7, 8, 9, 61] {

@@ -154,6 +154,30 @@ int64_t qk_find_nonfinite(const float *x, int64_t n);
 int64_t qk_find_nonfinite_ref(const float *x, int64_t n);
 
 // ---------------------------------------------------------------------------
+// Elementwise passes of training (elementwise_*.c)
+// ---------------------------------------------------------------------------
+// e^x below is Cephes' expf (within 2 ulp of libm's), exactly 0 for x below
+// -87.34 (so a masked score of -inf gives 0), finite up to 88.38. The `_ref`
+// functions are the scalar reference; the others dispatch and may differ from
+// it in the last bit or two (FMA contraction, summation order).
+
+/// SwiGLU: a[i] = silu(g[i]) · u[i], silu(g) = g / (1 + e^-g) as torch computes it.
+void qk_swiglu_forward(float *restrict a, const float *restrict g, const float *restrict u, int64_t n);
+void qk_swiglu_forward_ref(float *restrict a, const float *restrict g, const float *restrict u, int64_t n);
+
+/// Its gradients from da: du = da · silu(g), dg = da · u · σ(g)·(1 + g·(1 − σ(g))).
+/// dg may be the same buffer as da.
+void qk_swiglu_backward(float *dg, float *restrict du, const float *da, const float *restrict g,
+                        const float *restrict u, int64_t n);
+void qk_swiglu_backward_ref(float *dg, float *restrict du, const float *da, const float *restrict g,
+                            const float *restrict u, int64_t n);
+
+/// y[i] = e^(x[i] - shift) · scale (y may be x; NULL stores nothing), and returns
+/// Σ e^(x[i] - shift): float sums over runs of 64 elements, the runs added in double.
+double qk_exp_shifted(float *y, const float *x, int64_t n, float shift, float scale);
+double qk_exp_shifted_ref(float *y, const float *x, int64_t n, float shift, float scale);
+
+// ---------------------------------------------------------------------------
 // Checksum (checksum.c): XXH64 as specified by xxHash, used by packed checkpoints
 // ---------------------------------------------------------------------------
 

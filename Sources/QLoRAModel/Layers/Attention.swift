@@ -1,4 +1,5 @@
 import COpenBLAS
+import CQLoRAKernels
 import Foundation
 import QLoRACompute
 
@@ -199,14 +200,7 @@ public struct GroupedQueryAttention: Sendable {
             s.update(repeating: 0, count: n)
             return .infinity
         }
-        var sums = VectorMath.Vector()
-        @inline(__always) func exponentiate(_ j: Int, _ lanes: Int) {
-            let e = VectorMath.exp(VectorMath.load(s + j, lanes: lanes, fill: -.infinity) - m) // exactly 0 where masked
-            VectorMath.store(e, s + j, lanes: lanes)
-            sums += e
-        }
-        VectorMath.forEachVector(in: 0..<n, exponentiate)
-        let sum = sums.sum()
+        let sum = Float(qk_exp_shifted(s, s, Int64(n), m, 1)) // exactly 0 where masked
         VectorMath.scale(s, count: n, by: 1 / sum)
         return m + Foundation.log(sum)
     }
@@ -229,10 +223,7 @@ public struct GroupedQueryAttention: Sendable {
     private func probabilitiesRow(_ s: UnsafeMutablePointer<Float>, query i: Int, keys: Range<Int>, lse: Float,
                                   mask: UnsafePointer<UInt8>?, sequences: UnsafePointer<Int32>?) {
         maskRow(s, query: i, keys: keys, mask: mask, sequences: sequences)
-        @inline(__always) func body(_ j: Int, _ lanes: Int) {
-            VectorMath.store(VectorMath.exp(VectorMath.load(s + j, lanes: lanes) - lse), s + j, lanes: lanes)
-        }
-        VectorMath.forEachVector(in: 0..<keys.count, body)
+        _ = qk_exp_shifted(s, s, Int64(keys.count), lse, 1)
     }
 
     /// Sets the scores of keys query i cannot see to −∞: after it, padding,

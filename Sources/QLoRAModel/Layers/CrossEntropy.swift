@@ -1,3 +1,4 @@
+import CQLoRAKernels
 import Foundation
 import QLoRACompute
 
@@ -26,18 +27,9 @@ public enum CrossEntropy {
                 }
                 let l = logits + row * v
                 let m = VectorMath.maximum(l, count: v)
-                // Float lanes over runs of 64 classes, each run's total added in Double: at 32k
-                // classes one float sum would be off by ~1e-5.
-                var sum: Double = 0
-                for start in stride(from: 0, to: v, by: 64) {
-                    var run = VectorMath.Vector()
-                    @inline(__always) func add(_ j: Int, _ lanes: Int) {
-                        // Missing lanes load −∞, whose exp is 0.
-                        run += VectorMath.exp(VectorMath.load(l + j, lanes: lanes, fill: -.infinity) - m)
-                    }
-                    VectorMath.forEachVector(in: start..<min(v, start + 64), add)
-                    sum += Double(run.sum())
-                }
+                // Float sums over runs of 64 classes, added in double: at 32k classes one float
+                // sum would be off by ~1e-5.
+                let sum = qk_exp_shifted(nil, l, Int64(v), m, 1)
                 lse[row] = m + Float(Foundation.log(sum))
             }
         }
@@ -62,11 +54,7 @@ public enum CrossEntropy {
                     l.update(repeating: 0, count: v)
                     continue
                 }
-                let rowLSE = lse[row]
-                @inline(__always) func body(_ j: Int, _ lanes: Int) {
-                    VectorMath.store(VectorMath.exp(VectorMath.load(l + j, lanes: lanes) - rowLSE) * scale, l + j, lanes: lanes)
-                }
-                VectorMath.forEachVector(in: 0..<v, body)
+                _ = qk_exp_shifted(l, l, Int64(v), lse[row], scale)
                 l[target] -= scale
             }
         }

@@ -1,4 +1,4 @@
-import QLoRACompute
+import CQLoRAKernels
 
 /// The gated activation of the Llama MLP: a = silu(g) ⊙ u, between the
 /// gate/up projections and the down projection (the projections themselves
@@ -13,11 +13,8 @@ public enum SwiGLU {
     public static func forward(gate g: UnsafePointer<Float>, up u: UnsafePointer<Float>, count: Int,
                                into a: UnsafeMutablePointer<Float>) {
         Parallel.forEachChunk(count, grain: elementwiseGrain) { _, range in
-            @inline(__always) func body(_ i: Int, _ lanes: Int) {
-                let x = VectorMath.load(g + i, lanes: lanes)
-                VectorMath.store(x / (1 + VectorMath.exp(-x)) * VectorMath.load(u + i, lanes: lanes), a + i, lanes: lanes)
-            }
-            VectorMath.forEachVector(in: range, body)
+            let i = range.lowerBound
+            qk_swiglu_forward(a + i, g + i, u + i, Int64(range.count))
         }
     }
 
@@ -27,14 +24,8 @@ public enum SwiGLU {
                                 count: Int, gateGradient dg: UnsafeMutablePointer<Float>,
                                 upGradient du: UnsafeMutablePointer<Float>) {
         Parallel.forEachChunk(count, grain: elementwiseGrain) { _, range in
-            @inline(__always) func body(_ i: Int, _ lanes: Int) {
-                let x = VectorMath.load(g + i, lanes: lanes), d = VectorMath.load(da + i, lanes: lanes)
-                let sigmoid = 1 / (1 + VectorMath.exp(-x))
-                let up = VectorMath.load(u + i, lanes: lanes)
-                VectorMath.store(d * x * sigmoid, du + i, lanes: lanes)
-                VectorMath.store(d * up * sigmoid * (1 + x * (1 - sigmoid)), dg + i, lanes: lanes)
-            }
-            VectorMath.forEachVector(in: range, body)
+            let i = range.lowerBound
+            qk_swiglu_backward(dg + i, du + i, da + i, g + i, u + i, Int64(range.count))
         }
     }
 }
