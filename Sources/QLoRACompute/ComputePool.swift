@@ -67,18 +67,29 @@ public final class ComputePool: @unchecked Sendable {
     /// floats. `context` carries the arguments (a struct on the caller's
     /// stack); a C-convention task captures nothing, so the call allocates
     /// nothing, which the per-token kernels rely on.
-    public func run(extent: Int, grain: Int, scratchFloats need: Int, context: UnsafeRawPointer, task: Task) {
+    ///
+    /// With `chunksPerThread` > 1 the range is cut into that many slices per
+    /// thread, and threads take the next one as they finish: on a shared
+    /// machine a thread that loses its core holds up the call by one small
+    /// slice instead of a whole share. The cut still depends only on the
+    /// thread count, so a task whose slices do not affect one another's
+    /// results stays bitwise reproducible; a task that pays a fixed cost per
+    /// slice (the tiled GEMM copies X once per slice) should keep 1.
+    public func run(extent: Int, grain: Int, scratchFloats need: Int, chunksPerThread: Int = 1,
+                    context: UnsafeRawPointer, task: Task) {
         guard extent > 0 else { return }
         callLock.lock()
         defer { callLock.unlock() }
-        let slices = min(threadCount, (extent + grain - 1) / grain)
+        let units = (extent + grain - 1) / grain
+        let slices = min(threadCount, units)
         reserve(slices: slices, floats: need)
         if slices == 1 {
             task(context, 0, extent, scratch[0])
             return
         }
         if workers == nil { workers = Workers(count: threadCount - 1) }
-        workers!.run(Job(task: task, context: context, scratch: scratch, slices: slices, extent: extent, grain: grain))
+        workers!.run(Job(task: task, context: context, scratch: scratch, slices: slices,
+                         chunks: min(units, slices * max(1, chunksPerThread)), extent: extent, grain: grain))
     }
 
     /// Closure form of `run` for code off the hot path (it may allocate a
@@ -113,19 +124,26 @@ public final class ComputePool: @unchecked Sendable {
     }
 }
 
-/// One parallel call: slice t runs on worker t (slice 0 on the caller).
+/// One parallel call over `chunks` slices of the range: thread t (0 is the
+/// caller) runs chunk t, then, while chunks remain, the next one not taken.
 private struct Job {
     let task: ComputePool.Task
     let context: UnsafeRawPointer
     let scratch: [UnsafeMutablePointer<Float>]
     let slices: Int
+    let chunks: Int
     let extent: Int
     let grain: Int
 
-    func callAsFunction(_ t: Int) {
+    func callAsFunction(_ t: Int, next: borrowing Atomic<Int>) {
         guard t < slices else { return }
-        let r = ComputePool.slice(t, of: slices, extent: extent, grain: grain)
-        task(context, r.lowerBound, r.upperBound, scratch[t])
+        var c = t
+        while c < chunks {
+            let r = ComputePool.slice(c, of: chunks, extent: extent, grain: grain)
+            task(context, r.lowerBound, r.upperBound, scratch[t])
+            guard chunks > slices else { return }
+            c = next.add(1, ordering: .relaxed).oldValue
+        }
     }
 }
 
@@ -148,6 +166,8 @@ private final class Workers: @unchecked Sendable {
     private let generation = Atomic<Int>(0)
     private let pending = Atomic<Int>(0)
     private let stopping = Atomic<Bool>(false)
+    /// The next chunk of the current job not yet taken.
+    private let next = Atomic<Int>(0)
     // Written by `run` before it publishes the job through `generation`
     // (release), read by workers after they observe it (acquire).
     private var job: Job?
@@ -171,9 +191,10 @@ private final class Workers: @unchecked Sendable {
     func run(_ job: Job) {
         self.job = job
         pending.store(count, ordering: .relaxed)
+        next.store(job.slices, ordering: .relaxed)
         generation.add(1, ordering: .releasing)
         wakeSleepers()
-        job(0)
+        job(0, next: next)
         wait { self.pending.load(ordering: .acquiring) == 0 }
         self.job = nil
     }
@@ -191,15 +212,23 @@ private final class Workers: @unchecked Sendable {
         signal.unlock()
     }
 
-    /// Returns once `done` holds: polls it for up to `spinTime` (reading the
-    /// clock every 256 polls), then sleeps on the condition (every change it
-    /// waits for is followed by `wakeSleepers`).
+    /// Returns once `done` holds: polls it for up to `spinTime`, then sleeps
+    /// on the condition (every change it waits for is followed by
+    /// `wakeSleepers`). Every 256 polls it reads the clock and yields the
+    /// core: when other processes keep every core busy, the thread it waits
+    /// for may be queued behind this one on the same core, and a poller that
+    /// never yields spends whole scheduler slices there (decode ran at a
+    /// tenth of its speed beside one busy process); with idle cores the
+    /// yield returns at once.
     private func wait(until done: () -> Bool) {
         let clock = ContinuousClock(), deadline = clock.now + Self.spinTime
         var polls = 0
         while !done() {
             polls &+= 1
-            if polls & 255 == 0 && clock.now >= deadline { return sleep(until: done) }
+            if polls & 255 == 0 {
+                if clock.now >= deadline { return sleep(until: done) }
+                sched_yield()
+            }
         }
     }
 
@@ -219,7 +248,7 @@ private final class Workers: @unchecked Sendable {
             wait { self.generation.load(ordering: .acquiring) != seen || self.stopping.load(ordering: .acquiring) }
             if stopping.load(ordering: .acquiring) { break }
             seen = generation.load(ordering: .acquiring)
-            job!(index)
+            job!(index, next: next)
             if pending.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { wakeSleepers() }
         }
     }
