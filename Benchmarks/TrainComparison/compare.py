@@ -20,10 +20,13 @@ Not part of the Swift package: the Python side is installed outside the project
            final validation losses (completion tokens) and their ratio, once per --seeds value
            (seed of the LoRA initialisation, dropout and data order), with their median and range.
            With --loftq the QLoRA adapters start from LoftQ's approximation of the quantization
-           error (qlora train --loftq-reference), the LoRA run as before.
+           error (qlora train --loftq-reference), the LoRA run as before. With --stack hf the same
+           pair runs in transformers + PEFT over bitsandbytes NF4 (block 64, double quant) and over
+           fp32, mirroring qlora train's data, loss, LoRA, AdamW, clipping and schedule (README.md).
 
 Usage:  python3 compare.py speed   --qlora .build/release/qlora [--python /tmp/hfenv/bin/python] [--repeat 3]
         python3 compare.py quality --qlora .build/release/qlora [--seeds 1 2 3 4 5 6] [--loftq]
+        python3 compare.py quality --stack hf --python /tmp/hfenv/bin/python [--seeds 1 2 3 4 5 6]
 Results are printed as a table and written to --out (JSON).
 """
 import argparse
@@ -40,6 +43,7 @@ CONFIG = dict(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidd
               rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=0, eos_token_id=1)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BATCH, SEQ, WARMUP, MEASURE, THREADS = 4, 256, 2, 5, 2
+BATCH_QUALITY, SEQ_QUALITY = 8, 512  # quality: qlora train --batch-size 8 --max-seq-len 512
 QUIET = 15.0  # % of one CPU that other processes may use during a measurement
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -142,6 +146,138 @@ def hf_child(workdir, quant):
                       "step_seconds": times}))
 
 
+def hf_quality_child(data, quant, seed, rank, steps, peak_lr):
+    """One `qlora train` run redone in transformers + PEFT (see README.md for what matches and what not).
+    Prints one JSON line: initial/final validation loss, final training loss, dataset and quantization facts."""
+    import random
+    import bitsandbytes as bnb
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, get_cosine_schedule_with_warmup
+    torch.set_num_threads(1)  # the machine is shared with benchmarks
+    started = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(data)
+    eos, pad = tok.eos_token_id, tok.eos_token_id  # BatchLoader pads with the first EOS id
+
+    def example(prompt, completion):
+        # ExampleBuilder: tokenize prompt + completion whole (with the tokenizer's BOS), the completion
+        # starts after the longest common prefix with the prompt's own ids; --no-eos: nothing appended.
+        whole = tok.encode(prompt + completion, add_special_tokens=True)
+        if not prompt:
+            start = 0
+        elif not completion:
+            start = len(whole)
+        else:
+            head = tok.encode(prompt, add_special_tokens=True)
+            if head and head[-1] == eos:
+                head = head[:-1]
+            start = 0
+            while start < min(len(head), len(whole)) and head[start] == whole[start]:
+                start += 1
+        ids = whole[:SEQ_QUALITY]
+        labels = [t if i >= start else -100 for i, t in enumerate(ids)]
+        return ids, labels
+
+    def load(name):
+        out, stats = [], dict(records=0, examples=0, tokens=0, targets=0, longest=0)
+        for line in open(os.path.join(data, name)):
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            ids, labels = example(r["prompt"], r["completion"])
+            stats["records"] += 1
+            targets = sum(l != -100 for l in labels[1:])
+            if targets == 0:  # nothing left to train on: ExampleBuilder drops it
+                continue
+            out.append((ids, labels))
+            stats.update(examples=stats["examples"] + 1, tokens=stats["tokens"] + len(ids),
+                         targets=stats["targets"] + targets, longest=max(stats["longest"], len(ids)))
+        return out, stats
+
+    train, train_stats = load("train.jsonl")
+    valid, valid_stats = load("valid.jsonl")
+
+    def batch(examples):
+        # One example per row, right-padded to the longest; padding is masked out of attention and loss.
+        width = max(len(ids) for ids, _ in examples)
+        ids = torch.full((len(examples), width), pad, dtype=torch.long)
+        labels = torch.full((len(examples), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for r, (i, l) in enumerate(examples):
+            ids[r, :len(i)], labels[r, :len(l)], mask[r, :len(i)] = torch.tensor(i), torch.tensor(l), 1
+        return ids, mask, labels
+
+    def loss_sum(model, b):
+        """Summed cross-entropy over the batch's targets (position t predicts label t + 1) and their count."""
+        ids, mask, labels = b
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        targets = labels[:, 1:]
+        s = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                              ignore_index=-100, reduction="sum")
+        return s, int((targets != -100).sum())
+
+    valid_batches = [batch(valid[i:i + BATCH_QUALITY]) for i in range(0, len(valid), BATCH_QUALITY)]
+
+    def validation_loss(model):
+        # AdapterOptimizer.validationLoss: the mean over every target token of the set, not of batch means.
+        model.eval()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for b in valid_batches:
+                s, n = loss_sum(model, b)
+                total, count = total + float(s), count + n
+        return total / count
+
+    if quant == "nf4":
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(data, quantization_config=q, device_map="cpu", dtype=torch.float32)
+        # Without gradients on an AVX512-BF16 CPU, Linear4bit repacks its weight for an inference kernel that
+        # needs out_features % 32 == 0 (172 is not); validation then dequantizes as training does.
+        for m in model.modules():
+            if isinstance(m, bnb.nn.Linear4bit):
+                m.support_avx512bf16_for_cpu = False
+        qs = model.model.layers[0].self_attn.q_proj.weight.quant_state
+        quantization = dict(blocksize=qs.blocksize, nested_blocksize=qs.state2.blocksize if qs.nested else None,
+                            quant_type=qs.quant_type)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(data, dtype=torch.float32)
+        quantization = None
+    torch.manual_seed(seed)  # PEFT's default init: kaiming-uniform A, zero B
+    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, lora_dropout=0.0,
+                                             bias="none", task_type="CAUSAL_LM"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=peak_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    # transformers' cosine: lr 0 at the first update, peak after 10 warm-up steps, 0 at step `steps`;
+    # the formula of LearningRateSchedule.cosine.
+    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=10, num_training_steps=steps)
+    initial = validation_loss(model)
+    epoch, position, order = 0, 0, None
+    train_loss = None
+    for _ in range(steps):
+        # BatchLoader: each epoch a seeded permutation, consecutive batches of it, none across epochs.
+        if order is None or position == len(train):
+            if order is not None:
+                epoch, position = epoch + 1, 0
+            order = random.Random(f"{seed}/{epoch}").sample(range(len(train)), len(train))
+        rows = [train[i] for i in order[position:position + BATCH_QUALITY]]
+        position += len(rows)
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        s, n = loss_sum(model, batch(rows))
+        loss = s / n
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        train_loss = float(loss.detach())
+    final = validation_loss(model)
+    print(json.dumps({"initial_valid_loss": initial, "final_valid_loss": final, "final_train_loss": train_loss,
+                      "train": train_stats, "valid": valid_stats, "quantization": quantization,
+                      "trainable_parameters": sum(p.numel() for p in params),
+                      "seconds": time.perf_counter() - started}))
+
+
 def build_checkpoint(python, workdir):
     if os.path.exists(os.path.join(workdir, "model.safetensors")):
         return
@@ -201,31 +337,49 @@ def speed(args):
 
 
 def quality(args):
-    """QLoRA (packed NF4 base) against LoRA (fp32 base) on the embedded fine-tuning set, once per seed."""
+    """QLoRA (NF4 base) against LoRA (fp32 base) on the embedded fine-tuning set, once per seed,
+    in qlora train (--stack qlorakit) or in transformers + PEFT + bitsandbytes (--stack hf)."""
     data = args.data
     work = os.path.join(args.workdir, "quality")
     os.makedirs(work, exist_ok=True)
     packed = os.path.join(work, "stories260K-nf4.qlora")
-    subprocess.run([args.qlora, "quantize", data, "--output", packed, "--type", "nf4", "--block-size", "64",
-                    "--double-quant"], check=True, capture_output=True)
+    if args.stack == "qlorakit":
+        subprocess.run([args.qlora, "quantize", data, "--output", packed, "--type", "nf4", "--block-size", "64",
+                        "--double-quant"], check=True, capture_output=True)
     runs = []
     for seed in args.seeds:
-        settings = ["--data", data, "--steps", str(args.steps), "--batch-size", "8", "--rank", str(args.rank),
+        settings = ["--data", data, "--steps", str(args.steps), "--batch-size", str(BATCH_QUALITY), "--rank", str(args.rank),
                     "--alpha", str(2 * args.rank), "--learning-rate", str(args.learning_rate), "--schedule", "cosine",
                     "--warmup", "10", "--eval-every", str(args.steps),
-                    "--max-seq-len", "512", "--seed", str(seed), "--no-eos"]
+                    "--max-seq-len", str(SEQ_QUALITY), "--seed", str(seed), "--no-eos"]
         results = {"seed": seed}
-        for label, model in [("QLoRA (NF4/64/DQ base)", packed), ("LoRA (fp32 base)", data)]:
-            out = os.path.join(work, "qlora" if model == packed else "lora")
-            subprocess.run(["rm", "-rf", out], check=True)
-            # LoftQ starts the QLoRA adapters at the rank-r approximation of W - Q(W); the fp32 base has no such error.
-            loftq = ["--loftq-reference", data] if args.loftq and model == packed else []
-            subprocess.run([args.qlora, "train", "--model", model, "--output", out] + settings + loftq, check=True,
-                           capture_output=True)
-            records = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
-            valid = [r["valid_loss"] for r in records if "valid_loss" in r]
-            results[label] = {"initial_valid_loss": valid[0], "final_valid_loss": valid[-1],
-                              "final_train_loss": [r["loss"] for r in records if "loss" in r][-1]}
+        for label, model, quant in [("QLoRA (NF4/64/DQ base)", packed, "nf4"), ("LoRA (fp32 base)", data, "fp32")]:
+            started = time.perf_counter()
+            if args.stack == "hf":
+                # nice and one thread (hf_quality_child): the 2-core machine is shared with benchmarks.
+                env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+                p = subprocess.run(["nice", "-n", "10", args.python, os.path.abspath(__file__), "hf-quality-child",
+                                    "--data", data, "--quant", quant, "--seeds", str(seed), "--rank", str(args.rank),
+                                    "--steps", str(args.steps), "--learning-rate", str(args.learning_rate)],
+                                   capture_output=True, text=True, env=env)
+                if p.returncode != 0:
+                    raise SystemExit(f"hf-quality-child ({quant}, seed {seed}) failed:\n{p.stderr[-3000:]}")
+                r = json.loads(p.stdout.strip().splitlines()[-1])
+                results[label] = {k: r[k] for k in ("initial_valid_loss", "final_valid_loss", "final_train_loss",
+                                                    "train", "valid", "quantization", "trainable_parameters")}
+                valid = [r["initial_valid_loss"], r["final_valid_loss"]]
+            else:
+                out = os.path.join(work, "qlora" if model == packed else "lora")
+                subprocess.run(["rm", "-rf", out], check=True)
+                # LoftQ starts the QLoRA adapters at the rank-r approximation of W - Q(W); the fp32 base has no such error.
+                loftq = ["--loftq-reference", data] if args.loftq and model == packed else []
+                subprocess.run([args.qlora, "train", "--model", model, "--output", out] + settings + loftq, check=True,
+                               capture_output=True)
+                records = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
+                valid = [r["valid_loss"] for r in records if "valid_loss" in r]
+                results[label] = {"initial_valid_loss": valid[0], "final_valid_loss": valid[-1],
+                                  "final_train_loss": [r["loss"] for r in records if "loss" in r][-1]}
+            results[label]["wall_s"] = round(time.perf_counter() - started, 1)
             print(f"seed {seed}  {label:24} validation loss {valid[0]:.4f} -> {valid[-1]:.4f}", flush=True)
         q, l = results["QLoRA (NF4/64/DQ base)"], results["LoRA (fp32 base)"]
         results["ratio"] = q["final_valid_loss"] / l["final_valid_loss"]
@@ -240,14 +394,14 @@ def quality(args):
     print(f"over {len(runs)} seeds: mean final validation loss QLoRA {mean_q:.4f}, LoRA {mean_l:.4f}, "
           f"ratio of means {mean_q / mean_l:.4f} ({100 * (mean_q / mean_l - 1):+.2f} %); per-seed ratios "
           f"median {statistics.median(ratios):.4f}, min {min(ratios):.4f}, max {max(ratios):.4f}")
-    return {"runs": runs, "mean_final_valid_loss": {"qlora": mean_q, "lora": mean_l},
+    return {"stack": args.stack, "runs": runs, "mean_final_valid_loss": {"qlora": mean_q, "lora": mean_l},
             "ratio_of_means": mean_q / mean_l, "median_ratio": statistics.median(ratios),
             "min_ratio": min(ratios), "max_ratio": max(ratios)}
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["speed", "quality", "hf-child"])
+    ap.add_argument("mode", choices=["speed", "quality", "hf-child", "hf-quality-child"])
     ap.add_argument("--qlora", default=".build/release/qlora")
     ap.add_argument("--python", default=sys.executable, help="a Python with torch, transformers, peft, bitsandbytes")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "qlora-train-comparison"))
@@ -256,6 +410,8 @@ def main():
     ap.add_argument("--rank", type=int, default=16, help="quality: LoRA rank (alpha is twice the rank)")
     ap.add_argument("--learning-rate", type=float, default=5e-4, help="quality: peak learning rate (cosine, 10 warm-up steps)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[42], help="quality: one QLoRA/LoRA pair per seed")
+    ap.add_argument("--stack", choices=["qlorakit", "hf"], default="qlorakit",
+                    help="quality: qlora train, or transformers + PEFT + bitsandbytes in --python")
     ap.add_argument("--loftq", action="store_true", help="quality: LoftQ initialization of the QLoRA adapters (--loftq-reference)")
     ap.add_argument("--repeat", type=int, default=3, help="speed: clean runs per case")
     ap.add_argument("--only", nargs="*", help="speed: cases whose label contains one of these")
@@ -265,6 +421,10 @@ def main():
     args = ap.parse_args()
     if args.mode == "hf-child":
         return hf_child(args.workdir, args.quant)
+    if args.mode == "hf-quality-child":
+        return hf_quality_child(args.data, args.quant, args.seeds[0], args.rank, args.steps, args.learning_rate)
+    if args.stack == "hf" and args.loftq:
+        ap.error("--loftq is qlora train's (--loftq-reference); the hf stack has no counterpart here")
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     results = speed(args) if args.mode == "speed" else quality(args)
     if args.out:
