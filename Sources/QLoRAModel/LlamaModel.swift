@@ -40,7 +40,9 @@ public final class LlamaModel {
 
     private var workspace: Workspace?
     /// What the latest forward pass left for backward.
-    private var pending: (batch: Int, length: Int, hasTargets: Bool, counted: Int)?
+    /// The latest forward pass awaiting backward; `headRows` is how many rows went
+    /// through lm_head when only the target rows did (nil: all of them).
+    private var pending: (batch: Int, length: Int, hasTargets: Bool, counted: Int, headRows: Int?)?
 
     init(configuration: LlamaConfiguration, embedding: Embedding, layers: [DecoderLayer], finalNorm: RMSNorm,
          lmHead: Projection, rope: RotaryEmbedding) {
@@ -71,8 +73,14 @@ public final class LlamaModel {
 
     /// Runs the batch and keeps its logits (see `logits()`) and, for backward,
     /// its activations. Returns the loss when the batch has targets.
+    ///
+    /// With `allLogits` false, a batch with targets runs lm_head and the
+    /// cross-entropy on the rows that have a target only (fine-tuning on
+    /// completions leaves most rows without one, and at large vocabularies
+    /// lm_head is a large share of a step); the loss and every gradient are
+    /// the same, and `logits()` and `finalNormOutput()` are then not available.
     @discardableResult
-    public func forward(_ batch: TokenBatch) throws -> Loss? {
+    public func forward(_ batch: TokenBatch, allLogits: Bool = true) throws -> Loss? {
         try validate(batch)
         let b = batch.batchSize, t = batch.length, n = b * t
         let ws = prepareWorkspace(batch: b, length: t)
@@ -84,14 +92,16 @@ public final class LlamaModel {
             layer.forward(ws.residual[l].pointer, into: ws.residual[l + 1].pointer, cache: ws.cache(layer: l), context: context)
         }
         finalNorm.forward(ws.residual[layers.count].pointer, rows: n, into: ws.finalInput.pointer, rstd: ws.finalRstd.pointer)
-        lmHead.forward(ws.finalInput.pointer, rows: n, into: ws.logits.pointer)
+        let headRows = allLogits || batch.targets == nil ? nil : ws.compactTargetRows(width: hiddenSize)
+        ws.logitsComplete = headRows == nil
+        lmHead.forward(ws.finalInput.pointer, rows: headRows ?? n, into: ws.logits.pointer)
         var loss: Loss?
         if batch.targets != nil {
-            let (sum, count) = CrossEntropy.forward(logits: ws.logits.pointer, targets: ws.targets, rows: n,
+            let (sum, count) = CrossEntropy.forward(logits: ws.logits.pointer, targets: ws.targets, rows: headRows ?? n,
                                                     classes: vocabularySize, lse: ws.logitLSE.pointer)
             loss = Loss(sum: sum, count: count)
         }
-        pending = (b, t, batch.targets != nil, loss?.count ?? 0)
+        pending = (b, t, batch.targets != nil, loss?.count ?? 0, headRows)
         return loss
     }
 
@@ -106,9 +116,12 @@ public final class LlamaModel {
         let n = state.batch * state.length, last = layers.count - 1
         let context = ws.context(batch: state.batch, length: state.length)
         let lossScale = scale ?? (state.counted > 0 ? 1 / Float(state.counted) : 0)
+        let headRows = state.headRows ?? n
         CrossEntropy.backward(logits: ws.logits.pointer, targets: ws.targets, lse: ws.logitLSE.pointer,
-                              rows: n, classes: vocabularySize, scale: lossScale)
-        lmHead.backward(ws.logits.pointer, input: ws.finalInput.pointer, rows: n, into: ws.gradients.norm.pointer, accumulate: false)
+                              rows: headRows, classes: vocabularySize, scale: lossScale)
+        lmHead.backward(ws.logits.pointer, input: ws.finalInput.pointer, rows: headRows, into: ws.gradients.norm.pointer,
+                        accumulate: false)
+        if let m = state.headRows { ws.expandTargetRows(ws.gradients.norm.pointer, count: m, rows: n, width: hiddenSize) }
         finalNorm.backward(ws.gradients.norm.pointer, input: ws.residual[layers.count].pointer, rstd: ws.finalRstd.pointer,
                            rows: n, into: ws.residualGradient.pointer, accumulate: false)
         for l in stride(from: last, through: 0, by: -1) {
@@ -126,13 +139,13 @@ public final class LlamaModel {
 
     /// Logits [B, T, V] of the latest forward pass (their gradient after backward).
     public func logits() -> [Float] {
-        guard let ws = workspace, let n = ws.rows else { return [] }
+        guard let ws = workspace, let n = ws.rows, ws.logitsComplete else { return [] }
         return ws.logits.array(count: n * vocabularySize)
     }
 
     /// Logits [V] of one row (b·T + t) of the latest forward pass.
     public func logits(row: Int) -> [Float] {
-        guard let ws = workspace, let n = ws.rows else { return [] }
+        guard let ws = workspace, let n = ws.rows, ws.logitsComplete else { return [] }
         precondition((0..<n).contains(row), "[LlamaModel] row \(row) is outside the \(n) rows of the latest batch")
         let v = vocabularySize
         return Array(UnsafeBufferPointer(start: ws.logits.pointer + row * v, count: v))
@@ -148,7 +161,7 @@ public final class LlamaModel {
 
     /// The final RMSNorm output [B, T, C], the input of lm_head.
     public func finalNormOutput() -> [Float] {
-        guard let ws = workspace, let n = ws.rows else { return [] }
+        guard let ws = workspace, let n = ws.rows, ws.logitsComplete else { return [] }
         return ws.finalInput.array(count: n * hiddenSize)
     }
 
@@ -237,6 +250,10 @@ private final class Workspace {
     let targets: UnsafeMutablePointer<Int32>    // [N]
     let mask: UnsafeMutablePointer<UInt8>       // [N]
     let sequences: UnsafeMutablePointer<Int32>  // [N]
+    /// The original rows of the compacted target rows (see `compactTargetRows`).
+    let targetRows: UnsafeMutablePointer<Int32> // [N]
+    /// Whether the latest forward ran lm_head on every row.
+    var logitsComplete = true
     private(set) var hasMask = false
     private(set) var hasSequences = false
     /// Rows of the batch loaded last.
@@ -266,6 +283,7 @@ private final class Workspace {
         targets = .allocate(capacity: n)
         mask = .allocate(capacity: n)
         sequences = .allocate(capacity: n)
+        targetRows = .allocate(capacity: n)
     }
 
     deinit {
@@ -274,6 +292,7 @@ private final class Workspace {
         targets.deallocate()
         mask.deallocate()
         sequences.deallocate()
+        targetRows.deallocate()
     }
 
     func fits(batch b: Int, length t: Int) -> Bool { b * t <= rowCapacity && t <= lengthCapacity }
@@ -290,6 +309,36 @@ private final class Workspace {
         hasSequences = batch.sequenceIDs != nil
         if let s = batch.sequenceIDs { sequences.update(from: s, count: n) }
         rows = n
+    }
+
+    /// Moves the rows of `finalInput` [rows, width] that have a target, and
+    /// their targets, to the front, in order; returns how many there are.
+    func compactTargetRows(width c: Int) -> Int {
+        var m = 0
+        for i in 0..<(rows ?? 0) where targets[i] >= 0 {
+            if m != i {
+                (finalInput.pointer + m * c).update(from: finalInput.pointer + i * c, count: c)
+                targets[m] = targets[i]
+            }
+            targetRows[m] = Int32(i)
+            m += 1
+        }
+        return m
+    }
+
+    /// Undoes `compactTargetRows` (which kept `m` rows) on x [rows, width]:
+    /// compacted row k goes back to its original row, and the rows without a
+    /// target become zero. From the last row back: a row only ever moves down,
+    /// onto a row already moved or not a target.
+    func expandTargetRows(_ x: UnsafeMutablePointer<Float>, count m: Int, rows n: Int, width c: Int) {
+        var next = n - 1
+        for k in stride(from: m - 1, through: 0, by: -1) {
+            let i = Int(targetRows[k])
+            for r in stride(from: next, to: i, by: -1) { (x + r * c).update(repeating: 0, count: c) }
+            if i != k { (x + i * c).update(from: x + k * c, count: c) }
+            next = i - 1
+        }
+        for r in stride(from: next, through: 0, by: -1) { (x + r * c).update(repeating: 0, count: c) }
     }
 
     /// Forward borrows the MLP input gradient buffer as its [N, F] scratch:

@@ -66,7 +66,7 @@ public final class AdapterOptimizer {
         var lossSum = 0.0
         for (batch, seed) in zip(batches, dropoutSeeds) {
             model.setLoRADropout(seed: seed)
-            guard let loss = try model.forward(TokenBatch(batch)) else { continue }
+            guard let loss = try model.forward(TokenBatch(batch), allLogits: false) else { continue }
             try NonFiniteCheck.check(loss: Float(loss.sum), step: stepNumber)
             lossSum += loss.sum
             try model.backward(scale: Float(accumulation.lossScale))
@@ -100,7 +100,7 @@ public final class AdapterOptimizer {
         model.setLoRADropout(seed: nil)
         var sum = 0.0, count = 0
         for batch in batches {
-            guard let loss = try model.forward(TokenBatch(batch)) else { continue }
+            guard let loss = try model.forward(TokenBatch(batch), allLogits: false) else { continue }
             sum += loss.sum
             count += loss.count
         }
