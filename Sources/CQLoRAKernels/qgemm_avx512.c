@@ -178,20 +178,27 @@ AVX512_INLINE void forward_rows(float *restrict y, const float *restrict x, cons
 AVX512_INLINE void backward_group(float *restrict dx, const float *restrict dy, const qk_packed *w, int64_t o,
                                   int64_t b0, int64_t b1, __m512 table, const int NT, const int R, const int int8) {
     const int64_t in = w->cols, out = w->rows, B = w->block_size, bpr = in / B;
-    const size_t bb = qk_block_bytes(w->type, w->block_size);
+    const size_t bb = qk_block_bytes(w->type, w->block_size), row_bytes = (size_t)bpr * bb;
+    // Offset of the next group's first row: those rows over this slice are
+    // prefetched as in forward_group.
+    const size_t next = (size_t)(o + R) * row_bytes;
+    const int prefetch = o + 2 * R <= out;
     float d[4][STEPS];
     for (int64_t b = b0; b < b1; b++) {
         if ((b - b0) % STEPS == 0)
             for (int r = 0; r < R; r++)
                 block_steps(d[r], w, (o + r) * bpr + b, b1 - b < STEPS ? b1 - b : STEPS);
-        float s[4][QK_GEMV512_MAX_N];  // dy · block step, broadcast when used
+        // dy · block step, broadcast once per block and kept in registers: read
+        // back from the stack after each unit's dx stores, it could be taken
+        // for a load that depends on them (their addresses can match in the
+        // low 12 bits), which made this kernel several times slower in some
+        // processes than in others.
+        __m512 s[4][QK_GEMV512_MAX_N];
         const uint8_t *c[4];
         for (int r = 0; r < R; r++) {
-            for (int t = 0; t < NT; t++) s[r][t] = dy[t * out + o + r] * d[r][(b - b0) % STEPS];
-            c[r] = w->codes + (size_t)((o + r) * bpr + b) * bb;
-            // The next group's rows over this slice, as in forward_group.
-            if (o + 2 * R <= out)
-                prefetch_lines((const char *)w->codes, ((o + R + r) * bpr + b) * bb, ((o + R + r) * bpr + b + 1) * bb);
+            for (int t = 0; t < NT; t++) s[r][t] = _mm512_set1_ps(dy[t * out + o + r] * d[r][(b - b0) % STEPS]);
+            c[r] = w->codes + (size_t)(o + r) * row_bytes + (size_t)b * bb;
+            if (prefetch) prefetch_lines((const char *)w->codes, next + r * row_bytes + b * bb, next + r * row_bytes + (b + 1) * bb);
         }
         for (int64_t u = 0; u < B / 32; u++) {
             float *d0 = dx + b * B + unit_pos0(u, int8), *d1 = dx + b * B + unit_pos1(u, B, int8);
@@ -204,9 +211,8 @@ AVX512_INLINE void backward_group(float *restrict dx, const float *restrict dy, 
                 __m512 v0, v1;
                 decode_unit(&v0, &v1, c[r], u, table, int8);
                 for (int t = 0; t < NT; t++) {
-                    const __m512 st = _mm512_set1_ps(s[r][t]);
-                    a0[t] = _mm512_fmadd_ps(st, v0, a0[t]);
-                    a1[t] = _mm512_fmadd_ps(st, v1, a1[t]);
+                    a0[t] = _mm512_fmadd_ps(s[r][t], v0, a0[t]);
+                    a1[t] = _mm512_fmadd_ps(s[r][t], v1, a1[t]);
                 }
             }
             for (int t = 0; t < NT; t++) {
