@@ -83,6 +83,36 @@ int64_t qk_find_nonfinite(const float *x, int64_t n) {
     return qk_find_nonfinite_ref(x, n);
 }
 
+// Elementwise passes: SIMD paths in x86-64 (AVX2 + FMA) and arm64 (NEON) builds.
+
+void qk_swiglu_forward(float *restrict a, const float *restrict g, const float *restrict u, int64_t n) {
+#if defined(__x86_64__)
+    if (qk_isa_active() == QK_ISA_AVX2) { qk_swiglu_forward_avx2(a, g, u, n); return; }
+#elif defined(__aarch64__)
+    if (qk_isa_active() == QK_ISA_NEON) { qk_swiglu_forward_neon(a, g, u, n); return; }
+#endif
+    qk_swiglu_forward_ref(a, g, u, n);
+}
+
+void qk_swiglu_backward(float *dg, float *restrict du, const float *da, const float *restrict g,
+                        const float *restrict u, int64_t n) {
+#if defined(__x86_64__)
+    if (qk_isa_active() == QK_ISA_AVX2) { qk_swiglu_backward_avx2(dg, du, da, g, u, n); return; }
+#elif defined(__aarch64__)
+    if (qk_isa_active() == QK_ISA_NEON) { qk_swiglu_backward_neon(dg, du, da, g, u, n); return; }
+#endif
+    qk_swiglu_backward_ref(dg, du, da, g, u, n);
+}
+
+double qk_exp_shifted(float *y, const float *x, int64_t n, float shift, float scale) {
+#if defined(__x86_64__)
+    if (qk_isa_active() == QK_ISA_AVX2) return qk_exp_shifted_avx2(y, x, n, shift, scale);
+#elif defined(__aarch64__)
+    if (qk_isa_active() == QK_ISA_NEON) return qk_exp_shifted_neon(y, x, n, shift, scale);
+#endif
+    return qk_exp_shifted_ref(y, x, n, shift, scale);
+}
+
 // ----------------------------------------------------------------------------
 // Products with a packed weight
 // ----------------------------------------------------------------------------
@@ -111,6 +141,17 @@ int64_t qk_matmul_grain(const qk_packed *w, int64_t n, int32_t direction) {
     // whole blocks of each row when rows are a whole number of blocks.
     if (direction == QK_DIRECTION_BACKWARD && w->cols % w->block_size == 0) return w->block_size;
     return 16;
+}
+
+int64_t qk_matmul_slices_per_thread(const qk_packed *w, int64_t n, int32_t direction) {
+    if (direction != QK_DIRECTION_FORWARD) return 1;
+#if QK_HAVE_AVX2_MATMUL
+    if (qk_isa_active() == QK_ISA_AVX2 && qk_matmul_forward_tiled_avx2(w, n)) return 1;
+#else
+    (void)w;
+    (void)n;
+#endif
+    return 8;  // the reference dequantizes row by row: no per-slice cost either
 }
 
 void qk_dequantize_span(float *restrict y, const qk_packed *w, int64_t first, int64_t count, float *restrict tmp) {

@@ -1,9 +1,10 @@
 // Scalar reference of the elementwise passes (the SwiGLU activation and the
-// exponentials of softmax and cross-entropy), and their run-time dispatch.
+// exponentials of softmax and cross-entropy); dispatch.c picks the SIMD paths.
 #include "CQLoRAKernels.h"
 #include "internal.h"
 
-float qk_exp_ref_one(float x) {
+// Cephes' expf, the formula elementwise_simd.c computes lane by lane.
+static float qk_exp_ref_one(float x) {
     const float low = -87.33654f, high = 88.37626f, magic = 12582912.0f;  // 1.5 · 2²³
     if (!(x >= low)) return x < low ? 0.0f : x;  // below the cut (−∞ included) → 0; NaN stays NaN
     const float c = x > high ? high : x;
@@ -51,34 +52,4 @@ double qk_exp_shifted_ref(float *y, const float *x, int64_t n, float shift, floa
         total += run;
     }
     return total;
-}
-
-// The SIMD paths exist in x86-64 (AVX2 + FMA) and arm64 (NEON) builds only.
-
-void qk_swiglu_forward(float *restrict a, const float *restrict g, const float *restrict u, int64_t n) {
-#if defined(__x86_64__)
-    if (qk_isa_active() == QK_ISA_AVX2) { qk_swiglu_forward_avx2(a, g, u, n); return; }
-#elif defined(__aarch64__)
-    if (qk_isa_active() == QK_ISA_NEON) { qk_swiglu_forward_neon(a, g, u, n); return; }
-#endif
-    qk_swiglu_forward_ref(a, g, u, n);
-}
-
-void qk_swiglu_backward(float *dg, float *restrict du, const float *da, const float *restrict g,
-                        const float *restrict u, int64_t n) {
-#if defined(__x86_64__)
-    if (qk_isa_active() == QK_ISA_AVX2) { qk_swiglu_backward_avx2(dg, du, da, g, u, n); return; }
-#elif defined(__aarch64__)
-    if (qk_isa_active() == QK_ISA_NEON) { qk_swiglu_backward_neon(dg, du, da, g, u, n); return; }
-#endif
-    qk_swiglu_backward_ref(dg, du, da, g, u, n);
-}
-
-double qk_exp_shifted(float *y, const float *x, int64_t n, float shift, float scale) {
-#if defined(__x86_64__)
-    if (qk_isa_active() == QK_ISA_AVX2) return qk_exp_shifted_avx2(y, x, n, shift, scale);
-#elif defined(__aarch64__)
-    if (qk_isa_active() == QK_ISA_NEON) return qk_exp_shifted_neon(y, x, n, shift, scale);
-#endif
-    return qk_exp_shifted_ref(y, x, n, shift, scale);
 }

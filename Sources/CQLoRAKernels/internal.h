@@ -45,9 +45,8 @@ int64_t qk_find_nonfinite_avx2(const float *x, int64_t n);
 #endif
 
 // Elementwise passes (elementwise_ref.c, elementwise_simd.c): elements per
-// float partial sum of qk_exp_shifted, and the scalar e^x every path follows.
+// float partial sum of qk_exp_shifted.
 #define QK_EXP_RUN 64
-float qk_exp_ref_one(float x);
 #if defined(__x86_64__)
 void qk_swiglu_forward_avx2(float *restrict a, const float *restrict g, const float *restrict u, int64_t n);
 void qk_swiglu_backward_avx2(float *dg, float *restrict du, const float *da, const float *restrict g,
@@ -89,6 +88,8 @@ void qk_dequantize_span_ref(float *restrict y, const qk_packed *w, int64_t first
                             float *restrict tmp);
 #if defined(__x86_64__) || defined(__i386__)
 size_t qk_matmul_scratch_floats_avx2(const qk_packed *w, int64_t n, int32_t direction);
+// Whether a forward product of n rows takes the tiled GEMM (else a few-rows path).
+int qk_matmul_forward_tiled_avx2(const qk_packed *w, int64_t n);
 void qk_dequantize_span_avx2(float *restrict y, const qk_packed *w, int64_t first, int64_t count,
                              float *restrict tmp);
 void qk_matmul_forward_avx2(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,

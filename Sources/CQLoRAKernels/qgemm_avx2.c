@@ -580,6 +580,10 @@ static int gemv_applies(const qk_packed *w, int64_t n) {
     return n <= QK_GEMV_MAX_N && w->cols % w->block_size == 0;
 }
 
+int qk_matmul_forward_tiled_avx2(const qk_packed *w, int64_t n) {
+    return !qk_gemv_avx512_applies(w, n) && !gemv_applies(w, n);
+}
+
 size_t qk_matmul_scratch_floats_avx2(const qk_packed *w, int64_t n, int32_t direction) {
     (void)direction;
     size_t floats = gemv_applies(w, n) ? (size_t)(n * w->cols) : 0;

@@ -26,9 +26,6 @@ public final class PackedLinear: FrozenLinear, @unchecked Sendable {
     private let view: UnsafeMutablePointer<qk_packed>
     // Whatever keeps the bytes `view` points into alive (a mapped file, owned buffers).
     private let owner: AnyObject
-    /// Rows of X up to which the kernels decode W in registers with no
-    /// per-slice setup (the AVX-512 path's limit; AVX2's is 4).
-    private static let fewRows = 8
 
     /// Wraps packed bytes owned elsewhere, typically views into a memory-mapped
     /// checkpoint. The caller guarantees the buffers hold the sizes
@@ -110,12 +107,10 @@ public final class PackedLinear: FrozenLinear, @unchecked Sendable {
         var call = KernelCall(output: y, input: x, rows: Int64(n), weight: view, accumulate: 0)
         let direction = Int32(QK_DIRECTION_FORWARD.rawValue)
         withUnsafePointer(to: &call) { call in
-            // Few rows (decoding) stream W once with no per-slice setup: small slices taken as threads
-            // come free. Many rows copy X once per slice, so one slice per thread.
             pool.run(
                 extent: outFeatures, grain: Int(qk_matmul_grain(view, call.pointee.rows, direction)),
                 scratchFloats: qk_matmul_scratch_floats(view, call.pointee.rows, direction),
-                chunksPerThread: n <= Self.fewRows ? 8 : 1, context: call
+                chunksPerThread: Int(qk_matmul_slices_per_thread(view, call.pointee.rows, direction)), context: call
             ) { context, lower, upper, scratch in
                 let c = context.assumingMemoryBound(to: KernelCall.self).pointee
                 qk_matmul_forward(c.output, c.input, c.rows, c.weight, Int64(lower), Int64(upper), scratch)

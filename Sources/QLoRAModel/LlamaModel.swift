@@ -39,9 +39,8 @@ public final class LlamaModel {
     }
 
     private var workspace: Workspace?
-    /// What the latest forward pass left for backward.
-    /// The latest forward pass awaiting backward; `headRows` is how many rows went
-    /// through lm_head when only the target rows did (nil: all of them).
+    /// What the latest forward pass left for backward; `headRows` is how many
+    /// rows went through lm_head when only the target rows did (nil: all of them).
     private var pending: (batch: Int, length: Int, hasTargets: Bool, counted: Int, headRows: Int?)?
 
     init(configuration: LlamaConfiguration, embedding: Embedding, layers: [DecoderLayer], finalNorm: RMSNorm,
