@@ -147,23 +147,40 @@ public final class DecoderLayer {
         cblas_saxpy(Int32(n * c), 1, cache.middle.pointer, 1, y, 1)
     }
 
+    /// Whether any projection of the layer has an adapter.
+    var isTrainable: Bool { projections.contains { $0.adapter != nil } }
+
     /// Backward through the layer, in place on the residual gradient: on
     /// entry `residual` [N, C] holds ∂loss/∂y, on return ∂loss/∂x. Adapters
-    /// add their parameter gradients on the way.
+    /// add their parameter gradients on the way. Without `inputGradient` (no
+    /// layer below trains) it stops as soon as the layer's adapters have their
+    /// gradients, leaving `residual` partly updated.
     func backward(_ residual: UnsafeMutablePointer<Float>, input x: UnsafePointer<Float>, cache: DecoderLayerCache,
-                  gradients g: LayerGradients, context: BatchContext) {
-        let n = context.rows
+                  gradients g: LayerGradients, context: BatchContext, inputGradient: Bool = true) {
+        let n = context.rows, f = gateProjection.outFeatures
+        // How far down the gradient has to go: below q/k/v, o_proj, gate/up and down_proj.
+        let belowQKV = inputGradient
+        let belowOutput = belowQKV || [queryProjection, keyProjection, valueProjection].contains { $0.adapter != nil }
+        let belowMLP = belowOutput || outputProjection.adapter != nil
+        let belowDown = belowMLP || gateProjection.adapter != nil || upProjection.adapter != nil
         // MLP block: ∂loss/∂m = ∂loss/∂y + the path through down, SwiGLU, gate/up and the norm.
-        SwiGLU.forward(gate: cache.gate.pointer, up: cache.up.pointer, count: n * gateProjection.outFeatures, into: g.up.pointer)
-        downProjection.backward(residual, input: g.up.pointer, rows: n, into: g.gate.pointer, accumulate: false)
-        SwiGLU.backward(g.gate.pointer, gate: cache.gate.pointer, up: cache.up.pointer, count: n * gateProjection.outFeatures,
+        // down_proj's input, silu(gate)·up, only matters to its adapter.
+        if downProjection.adapter != nil {
+            SwiGLU.forward(gate: cache.gate.pointer, up: cache.up.pointer, count: n * f, into: g.up.pointer)
+        }
+        downProjection.backward(residual, input: g.up.pointer, rows: n, into: belowDown ? g.gate.pointer : nil, accumulate: false)
+        guard belowDown else { return }
+        SwiGLU.backward(g.gate.pointer, gate: cache.gate.pointer, up: cache.up.pointer, count: n * f,
                         gateGradient: g.gate.pointer, upGradient: g.up.pointer)
         Projection.backward([gateProjection, upProjection], [g.gate.pointer, g.up.pointer], input: cache.mlpInput.pointer,
-                            rows: n, into: g.norm.pointer, accumulate: false)
+                            rows: n, into: belowMLP ? g.norm.pointer : nil, accumulate: false)
+        guard belowMLP else { return }
         postAttentionNorm.backward(g.norm.pointer, input: cache.middle.pointer, rstd: cache.mlpRstd.pointer,
                                    rows: n, into: residual, accumulate: true)
         // Attention block: ∂loss/∂x = ∂loss/∂m + the path through o_proj, attention, RoPE, q/k/v and the norm.
-        outputProjection.backward(residual, input: cache.attention.pointer, rows: n, into: g.attention.pointer, accumulate: false)
+        outputProjection.backward(residual, input: cache.attention.pointer, rows: n,
+                                  into: belowOutput ? g.attention.pointer : nil, accumulate: false)
+        guard belowOutput else { return }
         attention.backward(g.attention.pointer, q: cache.query.pointer, k: cache.key.pointer, v: cache.value.pointer,
                            lse: cache.logSumExp.pointer, mask: context.mask, sequenceIDs: context.sequences,
                            batch: context.batch, length: context.length,
@@ -171,7 +188,8 @@ public final class DecoderLayer {
         rope.backward(g.query.pointer, rows: n, heads: attention.heads, cos: context.cos, sin: context.sin)
         rope.backward(g.key.pointer, rows: n, heads: attention.kvHeads, cos: context.cos, sin: context.sin)
         Projection.backward([queryProjection, keyProjection, valueProjection], [g.query.pointer, g.key.pointer, g.value.pointer],
-                            input: cache.attentionInput.pointer, rows: n, into: g.norm.pointer, accumulate: false)
+                            input: cache.attentionInput.pointer, rows: n, into: belowQKV ? g.norm.pointer : nil, accumulate: false)
+        guard belowQKV else { return }
         inputNorm.backward(g.norm.pointer, input: x, rstd: cache.attentionRstd.pointer, rows: n, into: residual, accumulate: true)
     }
 }

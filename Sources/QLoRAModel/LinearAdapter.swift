@@ -16,6 +16,8 @@ public protocol LinearAdapter: AnyObject {
     /// From dy = ∂loss/∂y [n, out] and the forward input x [n, in]: adds the
     /// parameter gradients, and writes dx [n, in] (adds into it when
     /// `accumulate`), passing the base part through `base.backwardInput`.
+    /// A nil `dx` asks for the parameter gradients only: nothing below the
+    /// layer trains, so the input gradient would be thrown away.
     func backward(base: any FrozenLinear, _ dy: UnsafePointer<Float>, input x: UnsafePointer<Float>, rows n: Int,
-                  into dx: UnsafeMutablePointer<Float>, accumulate: Bool)
+                  into dx: UnsafeMutablePointer<Float>?, accumulate: Bool)
 }

@@ -118,19 +118,22 @@ public final class LlamaModel {
         let headRows = state.headRows ?? n
         CrossEntropy.backward(logits: ws.logits.pointer, targets: ws.targets, lse: ws.logitLSE.pointer,
                               rows: headRows, classes: vocabularySize, scale: lossScale)
-        lmHead.backward(ws.logits.pointer, input: ws.finalInput.pointer, rows: headRows, into: ws.gradients.norm.pointer,
-                        accumulate: false)
+        // The embeddings never train: backward ends at the lowest layer with an adapter, without its input gradient.
+        let lowest = layers.firstIndex(where: \.isTrainable)
+        lmHead.backward(ws.logits.pointer, input: ws.finalInput.pointer, rows: headRows,
+                        into: lowest == nil ? nil : ws.gradients.norm.pointer, accumulate: false)
+        guard let lowest else { return }
         if let m = state.headRows { ws.expandTargetRows(ws.gradients.norm.pointer, count: m, rows: n, width: hiddenSize) }
         finalNorm.backward(ws.gradients.norm.pointer, input: ws.residual[layers.count].pointer, rstd: ws.finalRstd.pointer,
                            rows: n, into: ws.residualGradient.pointer, accumulate: false)
-        for l in stride(from: last, through: 0, by: -1) {
+        for l in stride(from: last, through: lowest, by: -1) {
             let cache = ws.cache(layer: l)
             if gradientCheckpointing && l != last {
                 // Recompute the activations; the output equals the kept input of layer l + 1.
                 layers[l].forward(ws.residual[l].pointer, into: ws.residual[l + 1].pointer, cache: cache, context: context)
             }
             layers[l].backward(ws.residualGradient.pointer, input: ws.residual[l].pointer, cache: cache,
-                               gradients: ws.gradients, context: context)
+                               gradients: ws.gradients, context: context, inputGradient: l > lowest)
         }
     }
 

@@ -172,8 +172,8 @@ public final class LoRAAdapter: LinearAdapter {
     }
 
     public func backward(base: any FrozenLinear, _ dy: UnsafePointer<Float>, input x: UnsafePointer<Float>, rows n: Int,
-                         into dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
-        base.backwardInput(dy, rows: n, into: dx, accumulate: accumulate)
+                         into dx: UnsafeMutablePointer<Float>?, accumulate: Bool) {
+        if let dx { base.backwardInput(dy, rows: n, into: dx, accumulate: accumulate) }
         guard n > 0 else { return }
         let r = rank, i = inFeatures, o = outFeatures, pool = ComputePool.shared
         // duᵀ [r, n] lives in the shared scratch, ahead of drop(x) (sized for both at once, so the
@@ -188,12 +188,13 @@ public final class LoRAAdapter: LinearAdapter {
             // dA [r, in] += duᵀ · x
             pool.sgemm(.plain, .plain, m: r, n: i, k: n, alpha: 1, a: du, lda: n, b: x, ldb: i, beta: 1, c: gradientA, ldc: i)
             // dx [n, in] += (duᵀ)ᵀ · A
-            pool.sgemm(.transposed, .plain, m: n, n: i, k: r, alpha: 1, a: du, lda: n, b: a, ldb: i, beta: 1, c: dx, ldc: i)
+            if let dx { pool.sgemm(.transposed, .plain, m: n, n: i, k: r, alpha: 1, a: du, lda: n, b: a, ldb: i, beta: 1, c: dx, ldc: i) }
             return
         }
         // dA [r, in] += duᵀ · drop(x)
         let dropped = droppedInput(x, rows: n, drawingMask: false)
         pool.sgemm(.plain, .plain, m: r, n: i, k: n, alpha: 1, a: du, lda: n, b: dropped, ldb: i, beta: 1, c: gradientA, ldc: i)
+        guard let dx else { return }
         // dx [n, in] += drop'((duᵀ)ᵀ · A): the same mask and 1/(1 − p) on the way back
         let g = scratch.buffer(count: n * inFeatures, after: rank * n)
         pool.sgemm(.transposed, .plain, m: n, n: i, k: r, alpha: 1, a: du, lda: n, b: a, ldb: i, beta: 0, c: g, ldc: i)
@@ -286,7 +287,7 @@ extension LoRAAdapter {
     /// written dx: adds each adapter's parameter gradients and, with the
     /// stacked A, the input gradient of all of them in one product.
     static func backward(_ group: [LoRAAdapter], _ dys: [UnsafePointer<Float>], input x: UnsafePointer<Float>, rows n: Int,
-                         into dx: UnsafeMutablePointer<Float>) {
+                         into dx: UnsafeMutablePointer<Float>?) {
         guard n > 0 else { return }
         let r = group[0].rank, i = group[0].inFeatures, m = group.count * r, pool = ComputePool.shared
         let (stackedA, stackedGradient, gradientA) = group[0].scratch.stacked(rows: m, in: i, n: n)
@@ -308,6 +309,7 @@ extension LoRAAdapter {
             for e in 0..<(r * i) { g[e] += d[e] }
         }
         // dx [n, in] += (stacked duᵀ)ᵀ · stacked A
+        guard let dx else { return }
         pool.sgemm(.transposed, .plain, m: n, n: i, k: m, alpha: 1, a: stackedGradient, lda: n, b: stackedA, ldb: i,
                    beta: 1, c: dx, ldc: i)
     }

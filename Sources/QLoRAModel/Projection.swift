@@ -57,28 +57,36 @@ public final class Projection {
     }
 
     /// The backward of `forward(_:_:rows:into:)`: dx [n, in] (+)= the sum of
-    /// the projections' input gradients from dys[j] [n, out_j].
+    /// the projections' input gradients from dys[j] [n, out_j]; a nil dx
+    /// only adds the adapters' parameter gradients.
     static func backward(_ group: [Projection], _ dys: [UnsafePointer<Float>], input x: UnsafePointer<Float>, rows n: Int,
-                         into dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
+                         into dx: UnsafeMutablePointer<Float>?, accumulate: Bool) {
         guard let adapters = LoRAAdapter.group(group.map(\.adapter)) else {
-            for (j, (p, dy)) in zip(group, dys).enumerated() {
-                p.backward(dy, input: x, rows: n, into: dx, accumulate: accumulate || j > 0)
+            // With several projections writing dx, the first one's accumulate
+            // decides; a projection without an adapter adds nothing when dx is nil.
+            var first = true
+            for (p, dy) in zip(group, dys) where dx != nil || p.adapter != nil {
+                p.backward(dy, input: x, rows: n, into: dx, accumulate: accumulate || !first)
+                first = false
             }
             return
         }
-        for (j, (p, dy)) in zip(group, dys).enumerated() {
-            p.base.backwardInput(dy, rows: n, into: dx, accumulate: accumulate || j > 0)
+        if let dx {
+            for (j, (p, dy)) in zip(group, dys).enumerated() {
+                p.base.backwardInput(dy, rows: n, into: dx, accumulate: accumulate || j > 0)
+            }
         }
         LoRAAdapter.backward(adapters, dys, input: x, rows: n, into: dx)
     }
 
     /// dx [n, in] (+)= ∂loss/∂x from dy [n, out]; x is the forward input,
-    /// which only an adapter needs.
+    /// which only an adapter needs. A nil dx only adds the adapter's
+    /// parameter gradients.
     public func backward(_ dy: UnsafePointer<Float>, input x: UnsafePointer<Float>, rows n: Int,
-                         into dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
+                         into dx: UnsafeMutablePointer<Float>?, accumulate: Bool) {
         if let adapter {
             adapter.backward(base: base, dy, input: x, rows: n, into: dx, accumulate: accumulate)
-        } else {
+        } else if let dx {
             base.backwardInput(dy, rows: n, into: dx, accumulate: accumulate)
         }
     }

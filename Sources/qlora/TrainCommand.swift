@@ -92,7 +92,7 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Projections to adapt, comma separated (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or all-linear.")
     var targets = "all-linear"
 
-    @Option(help: "Only these decoder layers get adapters: a comma-separated list or ranges (0-3,8). Default: all.")
+    @Option(help: "Only these decoder layers get adapters: a comma-separated list or ranges (0-3,8). Default: all. Backward stops at the lowest of them, so training only upper layers is faster.")
     var layers: String?
 
     @Option(help: "Initialization of A: peft (kaiming-uniform) or gaussian. B starts at zero.")

@@ -1,0 +1,69 @@
+import Foundation
+import QLoRAKit
+import Testing
+import _TestSupport
+
+/// Backward ends at the lowest decoder layer that has an adapter, and that
+/// layer stops as soon as its own adapters have their gradients (nothing
+/// below trains, so its input gradient would be thrown away). Reference: the
+/// same adapters with one more layer below them trainable, through adapters
+/// whose B is zero — the forward pass is unchanged, and every layer above
+/// runs its backward in full. The gradients of the shared adapters must be
+/// the same bits.
+@Suite struct FrozenLayersTests {
+    static let targetSets: [[String]] = [
+        ["q_proj"], ["k_proj", "v_proj"], ["o_proj"], ["gate_proj"], ["up_proj"], ["down_proj"],
+        LoRAConfiguration.allLlamaProjections,
+    ]
+
+    @Test(arguments: targetSets, [false, true])
+    func lowestTrainableLayerGivesTheSameGradients(targets: [String], checkpointing: Bool) throws {
+        // tiny-llama has two layers: adapters on layer 1 only, then on both.
+        let only = LoRAConfiguration(rank: 4, alpha: 8, targetModules: targets, layers: [1])
+        let below = LoRAConfiguration(rank: 4, alpha: 8, targetModules: targets, layers: [0, 1])
+        try expectSameGradients(only, below, checkpointing: checkpointing)
+    }
+
+    @Test func onlyLMHeadSkipsEveryLayer() throws {
+        let only = LoRAConfiguration(rank: 4, alpha: 8, targetModules: ["lm_head"])
+        let below = LoRAConfiguration(rank: 4, alpha: 8, targetModules: ["lm_head", "q_proj"])
+        try expectSameGradients(only, below, checkpointing: false)
+    }
+
+    private func expectSameGradients(_ only: LoRAConfiguration, _ below: LoRAConfiguration, checkpointing: Bool) throws {
+        let batch = TokenBatch(sequences: [Reference.expected.seq1, Array(Reference.expected.seq2.prefix(9))])
+        var random = SeededGenerator(seed: 11)
+        var runs: [(TrainableParameters, [Float])] = []
+        var values: [String: [Float]] = [:]
+        for configuration in [only, below] {
+            let model = try LlamaModel(directory: Reference.tinyLlama)
+            model.gradientCheckpointing = checkpointing
+            let parameters = try model.attachLoRA(configuration, using: &random)
+            if values.isEmpty {
+                // Nonzero B, so gradients flow down through the adapters too.
+                let v = random.gaussian(count: parameters.count, std: 0.05)
+                parameters.values.pointer.update(from: v, count: v.count)
+                for e in parameters.entries { values[e.name] = slice(parameters.values.array(), e) }
+            } else {
+                // The shared adapters take the same values; the extra ones keep B = 0.
+                for e in parameters.entries { if let v = values[e.name] { (parameters.values.pointer + e.offset).update(from: v, count: v.count) } }
+            }
+            _ = try #require(try model.forward(batch))
+            try model.backward()
+            runs.append((parameters, parameters.gradients.array()))
+        }
+        let (reference, full) = (runs[1].0, runs[1].1)
+        #expect(runs[0].0.entries.count < reference.entries.count)
+        for e in runs[0].0.entries {
+            let r = try #require(reference.entry(e.name))
+            let got = slice(runs[0].1, e), want = slice(full, r)
+            let nonzero = want.contains { $0 != 0 }, same = got == want
+            #expect(nonzero, "\(e.name) has no gradient to compare")
+            #expect(same, "\(e.name): max difference \(maxAbsDifference(got, want))")
+        }
+    }
+
+    private func slice(_ all: [Float], _ e: TrainableParameters.Entry) -> [Float] {
+        Array(all[e.offset ..< e.offset + e.count])
+    }
+}
