@@ -118,8 +118,9 @@ public final class LlamaModel {
         let headRows = state.headRows ?? n
         CrossEntropy.backward(logits: ws.logits.pointer, targets: ws.targets, lse: ws.logitLSE.pointer,
                               rows: headRows, classes: vocabularySize, scale: lossScale)
-        // The embeddings never train: backward ends at the lowest layer with an adapter, without its input gradient.
-        let lowest = layers.firstIndex(where: \.isTrainable)
+        // The embeddings never train: backward ends at the lowest layer with an adapter, without its
+        // input gradient (layers below it kept no cache).
+        let lowest = layers.firstIndex(where: \.isTrainable).map { max($0, ws.keptFrom) }
         lmHead.backward(ws.logits.pointer, input: ws.finalInput.pointer, rows: headRows,
                         into: lowest == nil ? nil : ws.gradients.norm.pointer, accumulate: false)
         guard let lowest else { return }
@@ -168,11 +169,17 @@ public final class LlamaModel {
     }
 
     /// Decoder layer `layer`'s cache from the latest forward pass. Under
-    /// gradient checkpointing only the last layer's is kept.
+    /// gradient checkpointing only the last layer's is kept; with adapters
+    /// attached, none of the layers below the lowest one that has some.
     public func cache(layer: Int) -> DecoderLayerCache? {
-        guard let ws = workspace, !gradientCheckpointing || layer == layers.count - 1 else { return nil }
+        guard let ws = workspace, layer >= ws.keptFrom, !gradientCheckpointing || layer == layers.count - 1 else { return nil }
         return ws.cache(layer: layer)
     }
+
+    /// The first layer whose activations backward needs: the lowest with an
+    /// adapter (the layers below only pass their output up), 0 without adapters
+    /// (every cache stays available to `cache(layer:)`).
+    private var firstKeptLayer: Int { layers.firstIndex(where: \.isTrainable) ?? 0 }
 
     // MARK: - Private
 
@@ -218,11 +225,12 @@ public final class LlamaModel {
     public func reserve(batch b: Int, length t: Int) { _ = prepareWorkspace(batch: b, length: t) }
 
     private func prepareWorkspace(batch b: Int, length t: Int) -> Workspace {
-        if let ws = workspace, ws.fits(batch: b, length: t) { return ws }
+        let keptFrom = gradientCheckpointing ? 0 : firstKeptLayer
+        if let ws = workspace, ws.fits(batch: b, length: t), ws.keptFrom == keptFrom { return ws }
         workspace = nil // free the old buffers before allocating the larger ones
         let c = configuration
         let ws = Workspace(rows: b * t, length: t, configuration: c, attention: layers[0].attention,
-                           cacheCount: gradientCheckpointing ? 1 : c.hiddenLayers)
+                           caching: gradientCheckpointing ? .lastOnly : .from(keptFrom))
         workspace = ws
         return ws
     }
@@ -236,8 +244,11 @@ private final class Workspace {
     let lengthCapacity: Int
     /// L + 1 × [N, C]: residual[l] is the input of layer l, residual[L] the final one.
     let residual: [FloatBuffer]
-    /// L caches, or one under gradient checkpointing.
+    /// One cache per layer from `keptFrom` up, plus one the layers below share;
+    /// one for all under gradient checkpointing.
     let caches: [DecoderLayerCache]
+    /// The lowest layer with a cache of its own (0 under gradient checkpointing).
+    let keptFrom: Int
     let finalInput: FloatBuffer        // [N, C] final norm output, lm_head input
     let finalRstd: FloatBuffer         // [N]
     let logits: FloatBuffer            // [N, V], then ∂loss/∂logits
@@ -261,9 +272,21 @@ private final class Workspace {
     /// Rows of the batch loaded last.
     private(set) var rows: Int?
 
-    init(rows n: Int, length t: Int, configuration c: LlamaConfiguration, attention: GroupedQueryAttention, cacheCount: Int) {
+    enum Caching: Equatable {
+        /// Gradient checkpointing: backward recomputes every layer's cache in one buffer.
+        case lastOnly
+        /// Layers from this one up keep their caches; those below share one.
+        case from(Int)
+    }
+
+    init(rows n: Int, length t: Int, configuration c: LlamaConfiguration, attention: GroupedQueryAttention, caching: Caching) {
         rowCapacity = n
         lengthCapacity = t
+        let cacheCount: Int
+        switch caching {
+        case .lastOnly: (keptFrom, cacheCount) = (0, 1)
+        case let .from(l): (keptFrom, cacheCount) = (l, c.hiddenLayers - l + (l > 0 ? 1 : 0))
+        }
         let q = c.attentionHeads * c.headDimensions, kv = c.kvHeads * c.headDimensions
         residual = (0...c.hiddenLayers).map { _ in FloatBuffer(count: n * c.hiddenSize) }
         caches = (0..<cacheCount).map { _ in
@@ -299,7 +322,10 @@ private final class Workspace {
 
     func fits(batch b: Int, length t: Int) -> Bool { b * t <= rowCapacity && t <= lengthCapacity }
 
-    func cache(layer: Int) -> DecoderLayerCache { caches[caches.count == 1 ? 0 : layer] }
+    func cache(layer: Int) -> DecoderLayerCache {
+        if caches.count == 1 || layer < keptFrom { return caches[0] }
+        return caches[layer - keptFrom + (keptFrom > 0 ? 1 : 0)]
+    }
 
     func load(_ batch: TokenBatch) {
         let n = batch.batchSize * batch.length

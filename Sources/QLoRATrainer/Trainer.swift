@@ -298,7 +298,8 @@ public final class Trainer {
                                                  "gate_proj": .gateProj, "up_proj": .upProj, "down_proj": .downProj]
         return TrainingMemoryPlan(configuration: model.configuration, base: .bytes(baseBytes), batchSize: c.batchSize,
                                   sequenceLength: sequenceLength, loraRank: c.lora.rank,
-                                  loraTargets: c.lora.targetModules.compactMap { kinds[$0] }, loraDropout: c.lora.dropout > 0,
+                                  loraTargets: c.lora.targetModules.compactMap { kinds[$0] }, loraLayers: c.lora.layers,
+                                  loraDropout: c.lora.dropout > 0,
                                   gradientCheckpointing: c.gradientCheckpointing)
     }
 }

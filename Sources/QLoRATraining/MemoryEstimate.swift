@@ -9,7 +9,8 @@
 //                       of each tensor's flattened weight) or 4 bytes per weight
 //   embeddings, norms   4·(V·H · (1, or 2 when lm_head is untied) + (2L + 1)·H + biases)
 //   adapter             4 · 4P: weights, gradients and AdamW's m and v, where
-//                       P = L · Σ over targets of r·(in + out)
+//                       P = La · Σ over targets of r·(in + out), La the layers with
+//                       adapters (L, or those of PEFT's layers_to_transform)
 //   one layer           4·N·(H + c + d): the block's input (the residual stream), its cache
 //                         c = 3H + 2 + 2Hq + 2Hkv + nh + 2I
 //                       (two norm outputs and their 1/rms, q and k after RoPE, v, the
@@ -18,9 +19,12 @@
 //                       backward and silu(gate)·up is recomputed too), and its adapters'
 //                         d = Σ_targets (2r + in/32·[dropout])
 //                       (A·x and its gradient, and one mask bit per dropped input)
-//   activations         L · one layer + 4·N·H (the final residual); with gradient
-//                       checkpointing the caches c exist once, for the layer being
-//                       recomputed: L·4·N·(H + d) + 4·N·c + 4·N·H
+//   activations         L·4·N·H + Lk·4·N·c + La·4·N·d + 4·N·H (the final residual), where
+//                       Lk = L − l0 + [l0 > 0] caches: one per layer from the lowest with
+//                       an adapter, l0, up, and one that the layers below share (backward
+//                       stops at l0); all layers adapted, that is L · one layer + 4·N·H.
+//                       With gradient checkpointing Lk = 1: the caches c exist once, for
+//                       the layer being recomputed
 //   logits              4·N·(H + 2 + V): final norm output and 1/rms, the logits (their
 //                       gradient overwrites them) and their log-sum-exp
 //   scratch             4·N·(2H + 2Hq + 2Hkv + 2I + hd): the gradients flowing through a
@@ -53,6 +57,8 @@ public struct TrainingMemoryPlan: Hashable, Sendable {
     public var loraRank: Int
     /// Projections that get an adapter (linear weight kinds).
     public var loraTargets: [LlamaTensor.Kind]
+    /// The decoder layers that get adapters (PEFT's layers_to_transform); nil = all.
+    public var loraLayers: [Int]?
     /// Whether LoRA dropout is on (each adapter then keeps a mask bit per input element).
     public var loraDropout: Bool
     public var gradientCheckpointing: Bool
@@ -60,14 +66,15 @@ public struct TrainingMemoryPlan: Hashable, Sendable {
     public var threads: Int
 
     public init(configuration: LlamaConfiguration, base: BaseWeights, batchSize: Int, sequenceLength: Int, loraRank: Int,
-                loraTargets: [LlamaTensor.Kind], loraDropout: Bool = false, gradientCheckpointing: Bool = false,
-                threads: Int = ProcessInfo.processInfo.activeProcessorCount) {
+                loraTargets: [LlamaTensor.Kind], loraLayers: [Int]? = nil, loraDropout: Bool = false,
+                gradientCheckpointing: Bool = false, threads: Int = ProcessInfo.processInfo.activeProcessorCount) {
         self.configuration = configuration
         self.base = base
         self.batchSize = batchSize
         self.sequenceLength = sequenceLength
         self.loraRank = loraRank
         self.loraTargets = loraTargets
+        self.loraLayers = loraLayers
         self.loraDropout = loraDropout
         self.gradientCheckpointing = gradientCheckpointing
         self.threads = max(1, threads)
@@ -95,14 +102,18 @@ public struct TrainingMemoryPlan: Hashable, Sendable {
         // Shapes of the targeted projections in one block: [out, in].
         let targets = inventory.filter { $0.layer == 0 && loraTargets.contains($0.kind) }.map { (out: Double($0.shape[0]), in: Double($0.shape[1])) }
         let r = Double(loraRank)
-        let adapterParameters = layers * targets.reduce(0) { $0 + r * ($1.in + $1.out) }
+        let adapted = Set(loraLayers ?? Array(0..<c.hiddenLayers)).filter { (0..<c.hiddenLayers).contains($0) }
+        let adaptedLayers = Double(targets.isEmpty ? 0 : adapted.count)
+        let adapterParameters = adaptedLayers * targets.reduce(0) { $0 + r * ($1.in + $1.out) }
         let adapter = 4 * 4 * adapterParameters
 
         let n = b * t
         let cache = 3 * h + 2 + 2 * hq + 2 * hkv + heads + 2 * inter
         let adapters = targets.reduce(0) { $0 + 2 * r + (loraDropout ? $1.in / 32 : 0) }
         let layer = 4 * n * (h + cache + adapters)
-        let activations = (gradientCheckpointing ? layers * 4 * n * (h + adapters) + 4 * n * cache : layers * layer) + 4 * n * h
+        let lowest = targets.isEmpty ? 0 : adapted.min() ?? 0
+        let caches = gradientCheckpointing ? 1 : layers - Double(lowest) + (lowest > 0 ? 1 : 0)
+        let activations = 4 * n * (layers * h + caches * cache + adaptedLayers * adapters + h)
         let logits = 4 * n * (h + 2 + v)
         let headDimension = Double(c.headDimensions), widest = targets.map(\.in).max() ?? 0
         let scratch = 4 * n * (2 * h + 2 * hq + 2 * hkv + 2 * inter + headDimension)

@@ -11,10 +11,11 @@ import Testing
     let tiny = LlamaConfiguration(hiddenSize: 8, intermediateSize: 16, hiddenLayers: 2, attentionHeads: 2, kvHeads: 1, vocabularySize: 32)
 
     private func plan(_ c: LlamaConfiguration? = nil, base: TrainingMemoryPlan.BaseWeights = .fp32, batch: Int = 2, length: Int = 4,
-                      rank: Int = 2, targets: [LlamaTensor.Kind] = [.qProj, .vProj], dropout: Bool = false,
+                      rank: Int = 2, targets: [LlamaTensor.Kind] = [.qProj, .vProj], layers: [Int]? = nil, dropout: Bool = false,
                       checkpointing: Bool = false) -> TrainingMemoryPlan {
         TrainingMemoryPlan(configuration: c ?? tiny, base: base, batchSize: batch, sequenceLength: length, loraRank: rank,
-                           loraTargets: targets, loraDropout: dropout, gradientCheckpointing: checkpointing, threads: 2)
+                           loraTargets: targets, loraLayers: layers, loraDropout: dropout, gradientCheckpointing: checkpointing,
+                           threads: 2)
     }
 
     @Test func workedExample() {
@@ -42,6 +43,15 @@ import Testing
         let dropped = plan(dropout: true).estimate()
         #expect(dropped.activationsPerLayer == 4 * 8 * (8 + 84 + 8) + 4 * 8 * 2 * 8 / 32)
         #expect(dropped.scratch == e.scratch + 4 * 8 * 8)
+
+        // Adapters on layer 1 only: half the adapter, and layer 0 keeps no cache of its own (backward
+        // stops at layer 1), so its block input and one shared cache remain.
+        let upper = plan(layers: [1]).estimate()
+        #expect(upper.adapterParameters == 32 + 24)
+        #expect(upper.activations == 4 * 8 * (2 * 8 + 2 * 84 + 8 + 8))
+        // On layer 0 only, every layer keeps its cache; layer 1 has no adapters.
+        #expect(plan(layers: [0]).estimate().activations == 2 * layer + 4 * 8 * 8 - 4 * 8 * 8)
+        #expect(plan(layers: [1], checkpointing: true).estimate().activations == 2 * 4 * 8 * 8 + 4 * 8 * 8 + 4 * 8 * 84 + 4 * 8 * 8)
     }
 
     @Test func packedBaseUsesThePackedLayout() {
