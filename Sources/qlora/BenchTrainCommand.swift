@@ -28,6 +28,8 @@ struct BenchTrainCommand: ParsableCommand {
     @Option(help: "LoRA rank (alpha is twice the rank).")
     var rank = 16
 
+    @OptionGroup var adapted: AdaptedModules
+
     @Option(help: "Steps before timing starts.")
     var warmup = 2
 
@@ -50,7 +52,8 @@ struct BenchTrainCommand: ParsableCommand {
         let loaded = try LoadedModel(contentsOf: URL(fileURLWithPath: model))
         let llama = loaded.model
         let afterLoad = ResidentMemory.sample()
-        let lora = LoRAConfiguration(rank: rank, alpha: Float(2 * rank))
+        let lora = LoRAConfiguration(rank: rank, alpha: Float(2 * rank), targetModules: try adapted.modules(),
+                                     layers: try adapted.layerList())
         let estimate = Trainer.memoryPlan(model: llama, configuration: TrainingConfiguration(
             lora: lora, batchSize: batch, gradientCheckpointing: gradCheckpoint), sequenceLength: length).estimate()
         var random = Xoshiro256(seed: 0)
@@ -81,7 +84,8 @@ struct BenchTrainCommand: ParsableCommand {
         let memory = ResidentMemory.sample()
         let record: [String: Any] = [
             "model": loaded.url.path, "format": loaded.format.rawValue, "base": TrainingReporter.packedSpec(llama) ?? "fp32",
-            "batch": batch, "length": length, "rank": rank, "gradient_checkpointing": gradCheckpoint,
+            "batch": batch, "length": length, "rank": rank, "targets": lora.targetModules, "layers": lora.layers ?? NSNull(),
+            "gradient_checkpointing": gradCheckpoint,
             "trainable_parameters": optimizer.parameters.count, "step_seconds": times, "median_step_seconds": median,
             "tokens_per_second": Double(n) / median, "losses": losses,
             "rss_after_load_bytes": afterLoad.current ?? NSNull(), "peak_rss_bytes": memory.peak ?? NSNull(),
@@ -93,8 +97,9 @@ struct BenchTrainCommand: ParsableCommand {
             FileHandle.standardOutput.write(try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys]))
             print()
         } else {
-            print(String(format: "%@ base, batch %d × %d, LoRA r=%d (%d parameters): median step %.3f s, %.0f tokens/s, peak RSS %@ (estimate %@)",
-                         TrainingReporter.packedSpec(llama) ?? "fp32", batch, length, rank, optimizer.parameters.count, median,
+            print(String(format: "%@ base, batch %d × %d, LoRA r=%d on %@ of %@ (%d parameters): median step %.3f s, %.0f tokens/s, peak RSS %@ (estimate %@)",
+                         TrainingReporter.packedSpec(llama) ?? "fp32", batch, length, rank, adapted.targets,
+                         adapted.layers.map { "layers \($0)" } ?? "every layer", optimizer.parameters.count, median,
                          Double(n) / median, memory.peak.map(Format.bytes) ?? "unknown", Format.bytes(estimate.total)))
         }
     }

@@ -23,3 +23,41 @@ struct ModelOptions: ParsableArguments {
         return loaded
     }
 }
+
+/// Which projections get adapters (`train`, `bench train`).
+struct AdaptedModules: ParsableArguments {
+    @Option(help: "Projections to adapt, comma separated (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or all-linear.")
+    var targets = "all-linear"
+
+    @Option(help: "Only these decoder layers get adapters: a comma-separated list or ranges (0-3,8). Default: all. Backward stops at the lowest of them, so training only upper layers is faster.")
+    var layers: String?
+
+    func validate() throws {
+        _ = try modules()
+        _ = try layerList()
+    }
+
+    func modules() throws -> [String] {
+        let modules = targets == "all-linear"
+            ? LoRAConfiguration.allLlamaProjections
+            : targets.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        if let bad = modules.first(where: { !LoRAConfiguration.allLlamaProjections.contains($0) }) {
+            throw ValidationError("--targets: \"\(bad)\" is not one of \(LoRAConfiguration.allLlamaProjections.joined(separator: ", ")) (or all-linear)")
+        }
+        return modules
+    }
+
+    /// "0-3,8" → [0, 1, 2, 3, 8]; nil for all layers.
+    func layerList() throws -> [Int]? {
+        guard let layers else { return nil }
+        var list: [Int] = []
+        for part in layers.split(separator: ",") {
+            let bounds = part.split(separator: "-", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard (1...2).contains(bounds.count), let lo = bounds.first!, let hi = bounds.last!, lo >= 0, lo <= hi else {
+                throw ValidationError("--layers: \"\(part)\" is not a layer number or a range like 0-3")
+            }
+            list += Array(lo...hi)
+        }
+        return Array(Set(list)).sorted()
+    }
+}

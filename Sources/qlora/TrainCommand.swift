@@ -89,11 +89,7 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "LoRA dropout on the adapter input, in [0, 1).")
     var dropout: Float = 0
 
-    @Option(help: "Projections to adapt, comma separated (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or all-linear.")
-    var targets = "all-linear"
-
-    @Option(help: "Only these decoder layers get adapters: a comma-separated list or ranges (0-3,8). Default: all. Backward stops at the lowest of them, so training only upper layers is faster.")
-    var layers: String?
+    @OptionGroup var adapted: AdaptedModules
 
     @Option(help: "Initialization of A: peft (kaiming-uniform) or gaussian. B starts at zero.")
     var initialization = "peft"
@@ -163,20 +159,14 @@ struct TrainingOptions: ParsableArguments {
     /// - Throws: `ValidationError` for a malformed or out-of-range option.
     func configuration() throws -> TrainingConfiguration {
         if steps != nil && epochs != nil { throw ValidationError("give --steps or --epochs, not both") }
-        let modules = targets == "all-linear"
-            ? LoRAConfiguration.allLlamaProjections
-            : targets.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-        if let bad = modules.first(where: { !LoRAConfiguration.allLlamaProjections.contains($0) }) {
-            throw ValidationError("--targets: \"\(bad)\" is not one of \(LoRAConfiguration.allLlamaProjections.joined(separator: ", ")) (or all-linear)")
-        }
         guard let initialization = LoRAConfiguration.Initialization(rawValue: initialization) else {
             throw ValidationError("--initialization must be peft or gaussian, not \(self.initialization)")
         }
         if let template = chatTemplate {
             do { _ = try ChatTemplate.named(template) } catch { throw ValidationError(error.localizedDescription) }
         }
-        let lora = LoRAConfiguration(rank: rank, alpha: alpha, targetModules: modules, useRSLoRA: rslora, dropout: dropout,
-                                     layers: try layers.map(Self.parseLayers), initialization: initialization)
+        let lora = LoRAConfiguration(rank: rank, alpha: alpha, targetModules: try adapted.modules(), useRSLoRA: rslora,
+                                     dropout: dropout, layers: try adapted.layerList(), initialization: initialization)
         let configuration = TrainingConfiguration(
             lora: lora, loftqReference: loftqReference, maxSequenceLength: maxSeqLen, batchSize: batchSize, gradientAccumulation: gradAccum,
             batching: packing ? .packed : .padded, lossOnPrompt: lossOnPrompt, appendEOS: !noEOS, chatTemplate: chatTemplate,
@@ -190,19 +180,6 @@ struct TrainingOptions: ParsableArguments {
             throw ValidationError(error.localizedDescription)
         }
         return configuration
-    }
-
-    /// "0-3,8" → [0, 1, 2, 3, 8].
-    static func parseLayers(_ text: String) throws -> [Int] {
-        var layers: [Int] = []
-        for part in text.split(separator: ",") {
-            let bounds = part.split(separator: "-", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: .whitespaces)) }
-            guard (1...2).contains(bounds.count), let lo = bounds.first!, let hi = bounds.last!, lo >= 0, lo <= hi else {
-                throw ValidationError("--layers: \"\(part)\" is not a layer number or a range like 0-3")
-            }
-            layers += Array(lo...hi)
-        }
-        return Array(Set(layers)).sorted()
     }
 }
 
