@@ -272,7 +272,7 @@ private final class Workspace {
     /// Rows of the batch loaded last.
     private(set) var rows: Int?
 
-    enum Caching: Equatable {
+    enum Caching {
         /// Gradient checkpointing: backward recomputes every layer's cache in one buffer.
         case lastOnly
         /// Layers from this one up keep their caches; those below share one.
