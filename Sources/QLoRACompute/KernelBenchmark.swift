@@ -78,7 +78,6 @@ public final class KernelBenchmark {
         self.threads = max(1, threads)
         self.targetSeconds = targetSeconds
         pool = ComputePool(threadCount: self.threads)
-        openblas_set_num_threads(Int32(self.threads))
         machine = Machine(
             cpu: Self.cpuName(), logicalCPUs: ProcessInfo.processInfo.activeProcessorCount, threads: self.threads,
             isa: Self.isaName(qk_isa_active(), cpuFlags: Self.cpuFlags()), openBLAS: Self.openBLASName(),
@@ -172,6 +171,11 @@ public final class KernelBenchmark {
         _ c: Case, layers: [PackedLinear], dense: [[Float]], x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
         reference: Bool
     ) -> Result {
+        // OpenBLAS gets the threads for its baseline only: everything else in the
+        // process (a decode benchmark's attention, say) runs it single-threaded
+        // inside the pools' slices, as `ComputePool` sets it.
+        openblas_set_num_threads(Int32(threads))
+        defer { openblas_set_num_threads(1) }
         var copy = 0, denseCopy = 0
         func ours() {
             let layer = layers[copy % layers.count]
