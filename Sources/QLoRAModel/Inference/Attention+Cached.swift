@@ -8,7 +8,8 @@ extension GroupedQueryAttention {
     /// Floats of scratch `forward(q:rows:start:keys:values:into:scratch:)`
     /// needs for up to `rows` new tokens in a cache of `capacity` tokens.
     func cachedScratchCount(rows: Int, capacity: Int) -> Int {
-        Parallel.chunkCount(for: heads) * min(rows, Self.queryBlock) * capacity
+        max(Parallel.chunkCount(for: heads) * min(rows, Self.queryBlock),
+            Parallel.chunkCount(for: kvHeads) * heads / kvHeads) * capacity
     }
 
     /// Attention of n new tokens at positions start..<start + n over every
@@ -26,6 +27,10 @@ extension GroupedQueryAttention {
     func forward(q: UnsafePointer<Float>, rows n: Int, start: Int, keys k: UnsafePointer<Float>, values v: UnsafePointer<Float>,
                  into out: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>) {
         let hd = headDimension, qw = queryWidth, kw = kvWidth, group = heads / kvHeads
+        if n == 1 {
+            decodeForward(q: q, start: start, keys: k, values: v, into: out, scratch: scratch)
+            return
+        }
         let perChunk = min(n, Self.queryBlock) * (start + n)
         // Decoding one token over a short context is a few hundred thousand
         // multiply-adds: less than starting the other threads costs.
@@ -49,6 +54,31 @@ extension GroupedQueryAttention {
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, Int32(hd), cols,
                                 1, p, cols, vg + keys.lowerBound * kw, Int32(kw), 0, out + r0 * qw + h * hd, Int32(qw))
                 }
+            }
+        }
+    }
+
+    /// One new token: the query heads of a kv group share its keys and values,
+    /// so each group is one product of `group` query rows (heads g·group..<(g+1)·group
+    /// are adjacent in q and out), reading the group's cached keys and values
+    /// once instead of once per head.
+    private func decodeForward(q: UnsafePointer<Float>, start: Int, keys k: UnsafePointer<Float>, values v: UnsafePointer<Float>,
+                               into out: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>) {
+        let hd = headDimension, kw = kvWidth, group = heads / kvHeads
+        let keys = (window.map { max(0, start - $0 + 1) } ?? 0)..<(start + 1)
+        let rows = Int32(group), cols = Int32(keys.count)
+        let parallel = keys.count * hd * heads >= Self.parallelWork
+        Parallel.forEachChunk(kvHeads, grain: parallel ? 1 : kvHeads) { chunk, items in
+            let p = scratch + chunk * group * keys.count // [group, keys]
+            for g in items {
+                let qg = q + g * group * hd, kg = k + keys.lowerBound * kw + g * hd, vg = v + keys.lowerBound * kw + g * hd
+                // S [group, keys] = scale · q_g · k_g[keys]ᵀ
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, Int32(hd), scale, qg, Int32(hd), kg, Int32(kw),
+                            0, p, cols)
+                for r in 0..<group { _ = softmaxRow(p + r * keys.count, query: start, keys: keys, mask: nil) }
+                // out_g [group, hd] = P · v_g[keys]
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, Int32(hd), cols, 1, p, cols, vg, Int32(kw),
+                            0, out + g * group * hd, Int32(hd))
             }
         }
     }
