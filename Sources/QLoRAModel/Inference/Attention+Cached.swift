@@ -27,7 +27,9 @@ extension GroupedQueryAttention {
     func forward(q: UnsafePointer<Float>, rows n: Int, start: Int, keys k: UnsafePointer<Float>, values v: UnsafePointer<Float>,
                  into out: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>) {
         let hd = headDimension, qw = queryWidth, kw = kvWidth, group = heads / kvHeads
-        if n == 1 {
+        // One new token: by kv group, unless that leaves cores idle on a context worth splitting
+        // (fewer kv heads than cores), where the per-head path below keeps them busy.
+        if n == 1, kvHeads >= Parallel.chunkCount(for: heads) || (start + 1) * hd * heads < Self.parallelWork {
             decodeForward(q: q, start: start, keys: k, values: v, into: out, scratch: scratch)
             return
         }
