@@ -62,12 +62,8 @@ public final class Projection {
     static func backward(_ group: [Projection], _ dys: [UnsafePointer<Float>], input x: UnsafePointer<Float>, rows n: Int,
                          into dx: UnsafeMutablePointer<Float>?, accumulate: Bool) {
         guard let adapters = LoRAAdapter.group(group.map(\.adapter)) else {
-            // With several projections writing dx, the first one's accumulate
-            // decides; a projection without an adapter adds nothing when dx is nil.
-            var first = true
-            for (p, dy) in zip(group, dys) where dx != nil || p.adapter != nil {
-                p.backward(dy, input: x, rows: n, into: dx, accumulate: accumulate || !first)
-                first = false
+            for (j, (p, dy)) in zip(group, dys).enumerated() {
+                p.backward(dy, input: x, rows: n, into: dx, accumulate: accumulate || j > 0)
             }
             return
         }
