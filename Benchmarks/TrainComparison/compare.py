@@ -288,7 +288,8 @@ def build_checkpoint(python, workdir):
 
 def parse_ours(out):
     r = json.loads(out)
-    return {"tokens_per_s": r["tokens_per_second"], "median_step_s": r["median_step_seconds"], "losses": r["losses"]}
+    return {"tokens_per_s": r["tokens_per_second"], "median_step_s": r["median_step_seconds"], "losses": r["losses"],
+            "floor_flops_per_token": r["floor_flops_per_token"], "fma_peak": r["fma_peak_flops_per_second"]}
 
 
 def parse_hf(out):
@@ -333,6 +334,15 @@ def speed(args):
     if ours and theirs:
         print(f"\nQLoRA: qlorakit / HF tokens/s = {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x, "
               f"peak RSS = {100 * ours['peak_rss_kib'] / theirs['peak_rss_kib']:.1f} % of HF's")
+        # Both steps must do the same frozen forward and input-gradient products: their rate against
+        # the fp32 multiply-add peak our runs measured says how close each comes to the machine.
+        measured = [x for x in ours["runs"] if "fma_peak" in x]
+        if measured:
+            floor = measured[0]["floor_flops_per_token"]
+            peak = statistics.median(x["fma_peak"] for x in measured)
+            share = lambda r: 100 * r["tokens_per_s"] * floor / peak
+            print(f"frozen products ({floor / 1e6:.1f} MFLOP per token) against the fp32 multiply-add peak "
+                  f"({peak / 1e9:.0f} GFLOP/s): qlorakit {share(ours):.0f} %, HF {share(theirs):.0f} %")
     return results
 
 

@@ -118,6 +118,35 @@ public final class KernelBenchmark {
         return Double(bytes) / Self.median(times)
     }
 
+    // MARK: - Multiply-add peak
+
+    /// fp32 flops per second (median of reps) when every thread runs nothing
+    /// but independent multiply-adds: the ceiling the products' GFLOP/s, and
+    /// a training step's, can be read against.
+    public func fmaPeak(reps: Int = 7) -> Double {
+        let iterations: Int64 = 25_000_000
+        var flops = 0.0, sink: Float = 0
+        let lock = NSLock()
+        var times: [Double] = []
+        for rep in 0..<(reps + 1) {
+            flops = 0
+            let start = DispatchTime.now().uptimeNanoseconds
+            pool.run(extent: threads, grain: 1, scratchFloats: 1) { range, _ in
+                for _ in range {
+                    var s: Float = 0
+                    let f = qk_fma_probe(iterations, &s)
+                    lock.lock()
+                    flops += f
+                    sink += s
+                    lock.unlock()
+                }
+            }
+            if rep > 0 { times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9) }
+        }
+        precondition(sink.isFinite, "[KernelBenchmark] multiply-add probe overflowed")
+        return flops / Self.median(times)
+    }
+
     private static func sum(_ p: UnsafePointer<SIMD8<UInt64>>, count: Int) -> UInt64 {
         var a = SIMD8<UInt64>(), b = SIMD8<UInt64>()
         var i = 0

@@ -181,6 +181,17 @@ public final class LlamaModel {
     /// (every cache stays available to `cache(layer:)`).
     private var firstKeptLayer: Int { layers.firstIndex(where: \.isTrainable) ?? 0 }
 
+    /// Flops per token of the frozen products no training step can skip:
+    /// the forward of every projection and lm_head, and the input gradient of
+    /// lm_head and of every projection from the lowest adapted layer up (that
+    /// layer may stop a little earlier). Attention, the adapters' own products
+    /// and the elementwise work come on top.
+    public var trainingFloorFlopsPerToken: Double {
+        func weights(_ p: [Projection]) -> Double { p.reduce(0) { $0 + Double($1.inFeatures * $1.outFeatures) } }
+        let upper = layers[firstKeptLayer...].flatMap(\.projections) + [lmHead]
+        return 2 * weights(projections) + 2 * weights(upper)
+    }
+
     // MARK: - Private
 
     private func validate(_ batch: TokenBatch) throws {

@@ -74,13 +74,14 @@ struct BenchKernels: ParsableCommand {
     func run() throws {
         let bench = KernelBenchmark(threads: threads)
         let m = bench.machine
-        let bandwidth = bench.memoryBandwidth()
+        let bandwidth = bench.memoryBandwidth(), peak = bench.fmaPeak()
         let header = """
             qlora bench kernels: \(m.cpu), \(m.logicalCPUs) logical CPUs, \(m.threads) threads, kernels \(m.isa)
             OpenBLAS: \(m.openBLAS), \(m.threads) threads; last-level cache \(m.lastLevelCacheBytes >> 20) MiB
             load average at start: \(m.loadAverage)
             memory read bandwidth (streaming \(max(1024, 8 * (m.lastLevelCacheBytes >> 20))) MiB, \(m.threads) threads): \
             \(String(format: "%.1f", bandwidth / 1e9)) GB/s
+            fp32 multiply-add peak (\(m.threads) threads, nothing but independent FMAs): \(String(format: "%.0f", peak / 1e9)) GFLOP/s
             """
         if json { FileHandle.standardError.write(Data((header + "\n").utf8)) } else { print(header + "\n" + Self.tableHeader) }
 

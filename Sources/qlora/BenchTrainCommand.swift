@@ -82,6 +82,9 @@ struct BenchTrainCommand: ParsableCommand {
         }
         let median = times.sorted()[times.count / 2]
         let memory = ResidentMemory.sample()
+        // The step's unavoidable products against what the cores can do at all, measured after the steps.
+        let floor = llama.trainingFloorFlopsPerToken * Double(n) / median
+        let peak = KernelBenchmark(threads: ComputePool.shared.threadCount).fmaPeak()
         let record: [String: Any] = [
             "model": loaded.url.path, "format": loaded.format.rawValue, "base": TrainingReporter.packedSpec(llama) ?? "fp32",
             "batch": batch, "length": length, "rank": rank, "targets": lora.targetModules, "layers": lora.layers ?? NSNull(),
@@ -90,6 +93,8 @@ struct BenchTrainCommand: ParsableCommand {
             "tokens_per_second": Double(n) / median, "losses": losses,
             "rss_after_load_bytes": afterLoad.current ?? NSNull(), "peak_rss_bytes": memory.peak ?? NSNull(),
             "memory_estimate_bytes": estimate.total,
+            "floor_flops_per_token": llama.trainingFloorFlopsPerToken, "floor_flops_per_second": floor,
+            "fma_peak_flops_per_second": peak,
             "threads": ProcessInfo.processInfo.activeProcessorCount,
             "load_average": (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first.map(String.init) ?? NSNull(),
         ]
@@ -101,6 +106,9 @@ struct BenchTrainCommand: ParsableCommand {
                          TrainingReporter.packedSpec(llama) ?? "fp32", batch, length, rank, adapted.targets,
                          adapted.layers.map { "layers \($0)" } ?? "every layer", optimizer.parameters.count, median,
                          Double(n) / median, memory.peak.map(Format.bytes) ?? "unknown", Format.bytes(estimate.total)))
+            print(String(format: "frozen products no step can skip (%.1f MFLOP per token): %.0f GFLOP/s, %.0f%% of this machine's fp32 multiply-add peak (%.0f GFLOP/s, %d threads)",
+                         llama.trainingFloorFlopsPerToken / 1e6, floor / 1e9, 100 * floor / peak, peak / 1e9,
+                         ComputePool.shared.threadCount))
         }
     }
 }

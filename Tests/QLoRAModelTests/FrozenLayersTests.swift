@@ -39,6 +39,18 @@ import _TestSupport
         try expectSameGradients(only, below, checkpointing: false)
     }
 
+    /// stories260K: per layer q 64×64, k and v 32×64, o 64×64, gate/up/down 3 × 172×64 weights
+    /// (45 312), lm_head (tied) 512×64. Every product runs forward; the input gradient from the
+    /// lowest adapted layer up.
+    @Test func trainingFloorCountsTheInputGradientFromTheLowestAdaptedLayer() throws {
+        let layer = 64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 172 * 64, head = 512 * 64
+        let model = try LlamaModel(directory: EmbeddedModel.directory)
+        #expect(model.trainingFloorFlopsPerToken == Double(4 * (5 * layer + head)))
+        var random = SeededGenerator(seed: 1)
+        _ = try model.attachLoRA(LoRAConfiguration(rank: 4, alpha: 8, layers: [2, 4]), using: &random)
+        #expect(model.trainingFloorFlopsPerToken == Double(2 * (5 * layer + head) + 2 * (3 * layer + head)))
+    }
+
     private func expectSameGradients(_ only: LoRAConfiguration, _ below: LoRAConfiguration,
                                      model directory: URL = Reference.tinyLlama, checkpointing: Bool) throws {
         // Token ids below 512, within both models' vocabularies.

@@ -256,6 +256,16 @@ int qk_matmul_allow_avx512(int allow);
 void qk_dequantize_span(float *restrict y, const qk_packed *w, int64_t first, int64_t count,
                         float *restrict tmp);
 
+// ---------------------------------------------------------------------------
+// Machine ceiling (benchmarks only)
+// ---------------------------------------------------------------------------
+
+/// Runs `iterations` rounds of independent fp32 multiply-adds on the widest
+/// vectors the products use on this CPU (the calling thread only) and returns
+/// the flops done; `sink` receives a sum of the results so the work cannot be
+/// optimized away. Flops ÷ seconds, summed over threads, is the fp32 peak.
+double qk_fma_probe(int64_t iterations, float *sink);
+
 #ifdef __cplusplus
 }
 #endif
