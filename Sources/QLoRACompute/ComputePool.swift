@@ -17,8 +17,43 @@ import Synchronization
 /// One call runs at a time (concurrent callers queue: a call already uses
 /// every thread), and the body of a call must not call back into its pool.
 public final class ComputePool: @unchecked Sendable {
-    /// The pool used when none is given: one thread per online CPU.
-    public static let shared = ComputePool()
+    /// The pool used when none is given: `sharedThreadCount` threads, else
+    /// the count in the environment variable QLORA_THREADS, else one thread per
+    /// CPU this process may run on. Created on first use.
+    public static var shared: ComputePool { Shared.pool }
+
+    /// Sets the thread count of `shared` (a CLI's --threads). Results depend
+    /// on it in their last bits, so it is fixed once `shared` exists: throws
+    /// `ThreadCountError` then, and for counts below 1.
+    public static func setSharedThreadCount(_ count: Int) throws {
+        try sharedSettings.withLock { settings in
+            guard count >= 1 else { throw ThreadCountError.invalid(String(count), source: "the thread count") }
+            guard !settings.created || Shared.pool.threadCount == count else {
+                throw ThreadCountError.alreadyRunning(Shared.pool.threadCount)
+            }
+            settings.requested = count
+        }
+    }
+
+    /// QLORA_THREADS's value, nil when unset; throws when it is not a positive integer.
+    public static func environmentThreadCount(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Int? {
+        guard let text = environment["QLORA_THREADS"] else { return nil }
+        guard let count = Int(text.trimmingCharacters(in: .whitespaces)), count >= 1 else {
+            throw ThreadCountError.invalid(text, source: "QLORA_THREADS")
+        }
+        return count
+    }
+
+    private static let sharedSettings = Mutex<(requested: Int?, created: Bool)>((nil, false))
+
+    private enum Shared {
+        static let pool: ComputePool = sharedSettings.withLock { settings in
+            settings.created = true
+            // A bad QLORA_THREADS falls back here; the CLI reports it before anything runs.
+            return ComputePool(threadCount: settings.requested ?? (try? environmentThreadCount()) ?? nil
+                               ?? ProcessInfo.processInfo.activeProcessorCount)
+        }
+    }
 
     /// Threads one call is split across (the caller's thread is one of them).
     public let threadCount: Int
@@ -250,6 +285,20 @@ private final class Workers: @unchecked Sendable {
             seen = generation.load(ordering: .acquiring)
             job!(index, next: next)
             if pending.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { wakeSleepers() }
+        }
+    }
+}
+
+/// A thread count that cannot be used.
+public enum ThreadCountError: Error, LocalizedError, Equatable {
+    case invalid(String, source: String)
+    /// The shared pool already runs with this many threads.
+    case alreadyRunning(Int)
+
+    public var errorDescription: String? {
+        switch self {
+        case .invalid(let text, let source): "\(source) must be a positive integer, not \"\(text)\""
+        case .alreadyRunning(let count): "the compute threads already run (\(count) of them); set the count before the first product"
         }
     }
 }

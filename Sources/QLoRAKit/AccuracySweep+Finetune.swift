@@ -153,7 +153,7 @@ extension AccuracySweep {
                 switch event {
                 case let .stepFinished(report): progress(i, label, .training, "step \(report.step)/\(report.totalSteps)")
                 case let .evaluated(step, loss): curve.append(.init(step: step, loss: loss))
-                case .started, .loftqInitialized, .checkpointSaved: break
+                case .started, .loftqInitialized, .checkpointSaved, .resumedOnOtherThreads: break
                 }
             }
             // There is a validation set (checked up front), so the trainer evaluated before and after.

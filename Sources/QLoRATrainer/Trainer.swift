@@ -10,7 +10,8 @@
 // and each micro-batch's dropout seed from one Xoshiro256 saved in every checkpoint,
 // the data order from BatchLoader's own streams — and the kernels sum in an order
 // fixed by the thread count. A run resumed from a checkpoint therefore reproduces the
-// uninterrupted run's losses bit for bit, on the same machine and thread count.
+// uninterrupted run's losses bit for bit, on the same machine and thread count (saved in
+// each checkpoint; resuming on another count is allowed and reported).
 
 import Foundation
 import QLoRACompute
@@ -30,6 +31,9 @@ public enum TrainingEvent: Sendable {
     /// The validation loss after `step` steps (0 = before training).
     case evaluated(step: Int, loss: Double)
     case checkpointSaved(step: Int, URL)
+    /// Resuming on another thread count than the checkpoint was made with:
+    /// the run goes on, but its losses leave the uninterrupted run's in the last bits.
+    case resumedOnOtherThreads(saved: Int, now: Int)
 }
 
 /// One finished optimizer step.
@@ -187,6 +191,9 @@ public final class Trainer {
             }
             random = checkpoint.random
             lastCheckpoint = url
+            if let saved = checkpoint.threads, saved != ComputePool.shared.threadCount {
+                observer(.resumedOnOtherThreads(saved: saved, now: ComputePool.shared.threadCount))
+            }
         }
         let firstStep = checkpoint?.step ?? 0
         try FileManager.default.createDirectory(at: output, withIntermediateDirectories: true)
@@ -266,7 +273,8 @@ public final class Trainer {
     private func makeCheckpoint(step: Int, optimizer: AdapterOptimizer, random: Xoshiro256) throws -> TrainingCheckpoint<TrainingConfiguration> {
         TrainingCheckpoint(step: step, layout: optimizer.layout, parameters: optimizer.parameters.values.array(),
                            optimizer: optimizer.adam, random: random, dataCursor: loader.cursor, configuration: configuration,
-                           extraFiles: ["adapter_config.json": try model.loraConfigurationJSON(baseModel: baseModelName)])
+                           extraFiles: ["adapter_config.json": try model.loraConfigurationJSON(baseModel: baseModelName)],
+                           threads: ComputePool.shared.threadCount)
     }
 
     /// Sizes the model's buffers for the largest batch up front, so memory does not
@@ -300,6 +308,6 @@ public final class Trainer {
                                   sequenceLength: sequenceLength, loraRank: c.lora.rank,
                                   loraTargets: c.lora.targetModules.compactMap { kinds[$0] }, loraLayers: c.lora.layers,
                                   loraDropout: c.lora.dropout > 0,
-                                  gradientCheckpointing: c.gradientCheckpointing)
+                                  gradientCheckpointing: c.gradientCheckpointing, threads: ComputePool.shared.threadCount)
     }
 }

@@ -131,7 +131,8 @@ public struct CheckpointStore: Sendable {
             format: TrainerState<C>.format, version: TrainerState<C>.version, step: c.step,
             parameters: c.layout.entries.map { .init(name: $0.name, shape: $0.shape) },
             optimizer: .init(step: c.optimizer.step, hyperparameters: c.optimizer.hyperparameters, groups: c.optimizer.groups),
-            random: c.random, dataCursor: c.dataCursor, configuration: c.configuration, extraFiles: c.extraFiles.keys.sorted())
+            random: c.random, dataCursor: c.dataCursor, configuration: c.configuration, extraFiles: c.extraFiles.keys.sorted(),
+            threads: c.threads)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writeFile(try encoder.encode(state), to: folder.appendingPathComponent(Self.stateFileName))
@@ -205,7 +206,7 @@ public struct CheckpointStore: Sendable {
         }
         return TrainingCheckpoint(step: state.step, layout: layout, parameters: parameters, optimizer: optimizer,
                                   random: state.random, dataCursor: state.dataCursor, configuration: state.configuration,
-                                  adapterMetadata: adapter.metadata, extraFiles: extra)
+                                  adapterMetadata: adapter.metadata, extraFiles: extra, threads: state.threads)
     }
 
     // MARK: - File system

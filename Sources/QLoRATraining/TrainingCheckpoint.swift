@@ -7,7 +7,7 @@
 //   <extra files>               whatever the trainer adds (adapter_config.json)
 //   trainer_state.json          written last: format and version, step, the parameter
 //                               layout, AdamW's step, settings and groups, the random
-//                               state, the data cursor, the run's configuration
+//                               state, the data cursor, the run's configuration, the thread count
 // CheckpointStore writes the folder atomically and finds the newest one.
 
 import Foundation
@@ -29,10 +29,13 @@ public struct TrainingCheckpoint<Configuration: Codable & Sendable>: Sendable {
     public var adapterMetadata: [String: String]
     /// More files to store in the folder, by name (no slashes).
     public var extraFiles: [String: Data]
+    /// Threads the products ran on: the sums, and so the trajectory's last
+    /// bits, depend on it. nil in checkpoints that predate it.
+    public var threads: Int?
 
     public init(step: Int, layout: ParameterLayout, parameters: [Float], optimizer: AdamW, random: Xoshiro256,
                 dataCursor: DataCursor, configuration: Configuration, adapterMetadata: [String: String] = ["format": "pt"],
-                extraFiles: [String: Data] = [:]) {
+                extraFiles: [String: Data] = [:], threads: Int? = nil) {
         self.step = step
         self.layout = layout
         self.parameters = parameters
@@ -42,6 +45,7 @@ public struct TrainingCheckpoint<Configuration: Codable & Sendable>: Sendable {
         self.configuration = configuration
         self.adapterMetadata = adapterMetadata
         self.extraFiles = extraFiles
+        self.threads = threads
     }
 }
 
@@ -70,9 +74,10 @@ struct TrainerState<Configuration: Codable>: Codable {
     var dataCursor: DataCursor
     var configuration: Configuration
     var extraFiles: [String]
+    var threads: Int?
 
     enum CodingKeys: String, CodingKey {
-        case format, version, step, parameters, optimizer, random, configuration
+        case format, version, step, parameters, optimizer, random, configuration, threads
         case dataCursor = "data_cursor", extraFiles = "extra_files"
     }
 }

@@ -61,6 +61,8 @@ struct BenchAccuracyCommand: ParsableCommand {
     @Flag(help: "Print results.json instead of the Markdown tables (with --finetune, an object holding it as \"results\" and finetune.json as \"finetune\").")
     var json = false
 
+    @OptionGroup var compute: ComputeThreads
+
     func validate() throws {
         _ = try sweep()
     }
@@ -93,6 +95,7 @@ struct BenchAccuracyCommand: ParsableCommand {
     }
 
     func run() throws {
+        try compute.apply()
         let line = ProgressLine()
         let started = Date()
         let report: AccuracySweep.Report

@@ -28,6 +28,8 @@ struct BenchGenerateCommand: ParsableCommand {
     @Flag(help: "Print the report as one JSON object.")
     var json = false
 
+    @OptionGroup var compute: ComputeThreads
+
     func validate() throws {
         guard promptTokens > 0, decodeTokens > 0, layers > 0 else {
             throw ValidationError("--prompt-tokens, --decode-tokens and --layers must be positive")
@@ -35,6 +37,7 @@ struct BenchGenerateCommand: ParsableCommand {
     }
 
     func run() throws {
+        try compute.apply()
         var options = GenerationBenchmark.Options()
         options.promptTokens = promptTokens
         options.decodeTokens = decodeTokens

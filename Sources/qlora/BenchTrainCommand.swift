@@ -42,6 +42,8 @@ struct BenchTrainCommand: ParsableCommand {
     @Flag(help: "Print one JSON object.")
     var json = false
 
+    @OptionGroup var compute: ComputeThreads
+
     func validate() throws {
         guard batch >= 1, length >= 2, rank >= 1, warmup >= 0, steps >= 1 else {
             throw ValidationError("--batch, --rank and --steps must be at least 1, --length at least 2, --warmup not negative")
@@ -49,6 +51,7 @@ struct BenchTrainCommand: ParsableCommand {
     }
 
     func run() throws {
+        try compute.apply()
         let loaded = try LoadedModel(contentsOf: URL(fileURLWithPath: model))
         let llama = loaded.model
         let afterLoad = ResidentMemory.sample()
@@ -95,7 +98,7 @@ struct BenchTrainCommand: ParsableCommand {
             "memory_estimate_bytes": estimate.total,
             "floor_flops_per_token": llama.trainingFloorFlopsPerToken, "floor_flops_per_second": floor,
             "fma_peak_flops_per_second": peak,
-            "threads": ProcessInfo.processInfo.activeProcessorCount,
+            "threads": ComputePool.shared.threadCount,
             "load_average": (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first.map(String.init) ?? NSNull(),
         ]
         if json {

@@ -37,6 +37,8 @@ struct DemoCommand: ParsableCommand {
     static let packedName = "stories260K-nf4.qlora"
     static let adapterFolder = "adapter"
 
+    @OptionGroup var compute: ComputeThreads
+
     func validate() throws {
         guard steps >= 1, rank >= 1, learningRate > 0, (0..<1).contains(dropout) else {
             throw ValidationError("--steps and --rank must be at least 1, --learning-rate positive, --dropout in [0, 1)")
@@ -44,13 +46,14 @@ struct DemoCommand: ParsableCommand {
     }
 
     func run() throws {
+        try compute.apply()
         let work = URL(fileURLWithPath: output, isDirectory: true)
         try prepare(work)
         let packedURL = work.appendingPathComponent(Self.packedName), adapterURL = work.appendingPathComponent(Self.adapterFolder)
         let reporter = TrainingReporter()
         let say = reporter.line.print
         reporter.indent = "   "
-        say("qlora demo: QLoRA fine-tuning of the embedded stories260K model (\(ProcessInfo.processInfo.activeProcessorCount) threads), in \(work.path)\n")
+        say("qlora demo: QLoRA fine-tuning of the embedded stories260K model (\(ComputePool.shared.threadCount) threads), in \(work.path)\n")
 
         say("1. Quantize the base to NF4, blocks of 64, double-quantized scales (QLoRA's format)")
         let spec = QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8)

@@ -31,7 +31,10 @@ struct EvalCommand: ParsableCommand {
     @Flag(help: "Print one JSON object: loss, perplexity, tokens, seconds, tokens_per_second (+ kl_divergence, top1_agreement).")
     var json = false
 
+    @OptionGroup var compute: ComputeThreads
+
     func run() throws {
+        try compute.apply()
         let loaded = try model.load()
         let referenceModel = try reference.map { try LoadedModel(contentsOf: URL(fileURLWithPath: $0)).model }
         let dataURL = URL(fileURLWithPath: data)

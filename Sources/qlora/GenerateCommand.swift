@@ -33,6 +33,8 @@ struct GenerateCommand: ParsableCommand {
     @Flag(help: "Report the model, the sampler's seed and resident memory (VmRSS, VmHWM) on stderr.")
     var verbose = false
 
+    @OptionGroup var compute: ComputeThreads
+
     func validate() throws {
         guard maxTokens > 0 else { throw ValidationError("--max-tokens must be positive, not \(maxTokens)") }
         do {
@@ -43,6 +45,7 @@ struct GenerateCommand: ParsableCommand {
     }
 
     func run() throws {
+        try compute.apply()
         let loaded = try model.load()
         let llama = loaded.model, tokenizer = try loaded.tokenizer()
         let context = llama.configuration.maxPositionEmbeddings

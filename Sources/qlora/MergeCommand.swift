@@ -57,6 +57,8 @@ struct MergeCommand: ParsableCommand {
 
     private var isPacked: Bool { type != nil || blockSize != nil || doubleQuant || fp16Scales || compress }
 
+    @OptionGroup var compute: ComputeThreads
+
     func validate() throws {
         if isPacked {
             guard dtype == nil, maxShardSize == nil else {
@@ -100,6 +102,7 @@ struct MergeCommand: ParsableCommand {
     }
 
     func run() throws {
+        try compute.apply()
         let line = ProgressLine()
         let summary: MergeSummary
         do {

@@ -61,3 +61,19 @@ struct AdaptedModules: ParsableArguments {
         return Array(Set(list)).sorted()
     }
 }
+
+/// --threads, shared by the commands that run the products.
+struct ComputeThreads: ParsableArguments {
+    @Option(help: "Threads for the products (default: QLORA_THREADS, else every CPU this process may use). Results depend on the count in their last bits; a resumed run keeps its first run's count.")
+    var threads: Int?
+
+    func validate() throws {
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    /// Fixes the thread count before anything computes (QLORA_THREADS is checked here so a bad value is reported, not ignored).
+    func apply() throws {
+        let environment = try ComputePool.environmentThreadCount()
+        if let count = threads ?? environment { try ComputePool.setSharedThreadCount(count) }
+    }
+}

@@ -34,6 +34,8 @@ struct TrainCommand: ParsableCommand {
     @Flag(help: "Continue from the newest checkpoint in OUTPUT, with the same settings.")
     var resume = false
 
+    @OptionGroup var compute: ComputeThreads
+
     func validate() throws {
         if let maxMemory, MemorySize.parse(maxMemory) == nil {
             throw ValidationError("--max-memory \(maxMemory) is not a size (examples: 2G, 512M, 1.5GiB, 1000000000)")
@@ -42,6 +44,7 @@ struct TrainCommand: ParsableCommand {
     }
 
     func run() throws {
+        try compute.apply()
         let loaded = try LoadedModel(contentsOf: URL(fileURLWithPath: model))
         let tokenizer = try loaded.tokenizer()
         // The model's own chat template matters only for chat data: its error waits until then.

@@ -53,6 +53,9 @@ final class TrainingReporter {
                            : String(format: "step %d: validation loss %.4f", step, loss))
             case let .checkpointSaved(_, url):
                 emit("saved \(url.path)")
+            case let .resumedOnOtherThreads(saved, now):
+                emit("note: the checkpoint was made on \(saved) thread\(saved == 1 ? "" : "s") and this run has \(now) (--threads \(saved) repeats "
+                     + "the uninterrupted run's losses bit for bit; otherwise they differ in the last bits)")
             }
         }
     }

@@ -31,3 +31,25 @@ import Testing
         }
     }
 }
+
+/// The shared pool's thread count: QLORA_THREADS must be a positive integer, and the count can
+/// be set only while it would not change a pool that already runs.
+@Suite struct SharedThreadCountTests {
+    @Test func environmentValue() throws {
+        #expect(try ComputePool.environmentThreadCount([:]) == nil)
+        #expect(try ComputePool.environmentThreadCount(["QLORA_THREADS": " 3 "]) == 3)
+        for bad in ["0", "-2", "two", ""] {
+            #expect(throws: ThreadCountError.invalid(bad, source: "QLORA_THREADS")) {
+                try ComputePool.environmentThreadCount(["QLORA_THREADS": bad])
+            }
+        }
+    }
+
+    @Test func fixedOnceTheSharedPoolRuns() throws {
+        let running = ComputePool.shared.threadCount
+        try ComputePool.setSharedThreadCount(running)
+        #expect(throws: ThreadCountError.alreadyRunning(running)) { try ComputePool.setSharedThreadCount(running + 1) }
+        #expect(throws: ThreadCountError.invalid("0", source: "the thread count")) { try ComputePool.setSharedThreadCount(0) }
+        #expect(ComputePool.shared.threadCount == running)
+    }
+}

@@ -120,6 +120,27 @@ final class PoisonedLinear: FrozenLinear, @unchecked Sendable {
         #expect(try Data(contentsOf: whole.appendingPathComponent(adapter)) == Data(contentsOf: parts.appendingPathComponent(adapter)))
     }
 
+    /// Checkpoints record the thread count; resuming on another one goes on and says so.
+    @Test func resumingOnAnotherThreadCountIsReported() throws {
+        let folder = try TemporaryDirectory("trainer-threads")
+        defer { folder.remove() }
+        let data = try Run.dataset(in: folder), output = folder.appending("out")
+        let configuration = Run.configuration()
+        try Run.trainer(Run.model(packed: false), data: data, output: output, configuration).run(stopAfter: 3)
+        let state = output.appendingPathComponent("checkpoints/checkpoint-3/trainer_state.json")
+        var json = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: state)) as? [String: Any])
+        let threads = ComputePool.shared.threadCount
+        #expect(json["threads"] as? Int == threads)
+        json["threads"] = threads + 1
+        try JSONSerialization.data(withJSONObject: json).write(to: state)
+        var reported: [(Int, Int)] = []
+        let resumed = try Run.trainer(Run.model(packed: false), data: data, output: output, configuration).run(resume: true) {
+            if case let .resumedOnOtherThreads(saved, now) = $0 { reported.append((saved, now)) }
+        }
+        #expect(resumed.finished)
+        #expect(reported.count == 1 && reported.first?.0 == threads + 1 && reported.first?.1 == threads)
+    }
+
     /// A NaN in the loss (forward) or the gradients (backward) at step 4 stops the
     /// run with the step named; checkpoint-2 stays the newest, nothing else is
     /// written, and the run resumes from it once the cause is gone.
@@ -170,6 +191,7 @@ final class PoisonedLinear: FrozenLinear, @unchecked Sendable {
             case .stepFinished: events.append("step")
             case let .evaluated(step, _): events.append("eval \(step)")
             case let .checkpointSaved(step, _): events.append("save \(step)")
+            case .resumedOnOtherThreads: events.append("threads")
             }
         }
         #expect(events.filter { $0 == "step" }.count == 8)
