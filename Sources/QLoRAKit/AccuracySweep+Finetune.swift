@@ -140,7 +140,7 @@ extension AccuracySweep {
             if let spec {
                 progress(i, label, .quantizing, nil)
                 base = scratch.appendingPathComponent("finetune-\(spec.type)-\(spec.blockSize)-\(spec.scaleKind.rawValue).qlora")
-                bits = try Quantizer.quantize(modelDirectory: model, output: base, options: QuantizeOptions(spec: spec)).quantizedBitsPerWeight
+                bits = try Quantizer.quantize(modelDirectory: model, output: base, options: QuantizeOptions(spec: spec, threads: ComputePool.shared.threadCount)).quantizedBitsPerWeight
             }
             progress(i, label, .training, nil)
             let canReset = ResidentMemory.resetPeak()

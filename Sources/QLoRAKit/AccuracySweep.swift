@@ -261,7 +261,7 @@ public struct AccuracySweep: Sendable {
             let label = spec.description
             progress(Progress(index: i + 2, count: count, label: label, phase: .quantizing))
             let file = scratch.appendingPathComponent("\(spec.type)-\(spec.blockSize)-\(spec.scaleKind.rawValue).qlora")
-            let summary = try Quantizer.quantize(modelDirectory: model, output: file, options: QuantizeOptions(spec: spec))
+            let summary = try Quantizer.quantize(modelDirectory: model, output: file, options: QuantizeOptions(spec: spec, threads: ComputePool.shared.threadCount))
             progress(Progress(index: i + 2, count: count, label: label, phase: .evaluating))
             let m = try measure(file, source) {
                 progress(Progress(index: i + 2, count: count, label: label, phase: .comparing))

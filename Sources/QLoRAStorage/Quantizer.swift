@@ -20,12 +20,17 @@ public struct QuantizeOptions: Hashable, Sendable {
     public var allowNonFinite: Bool
     /// Testing hook: fail the output write like a full disk after this many bytes.
     public var simulateDiskFullAfter: Int?
+    /// Chunks quantized at once; nil = one per CPU this process may use. The
+    /// output does not depend on it.
+    public var threads: Int?
 
-    public init(spec: QuantSpec, quantizeEmbeddings: Bool = false, compress: Bool = false, allowNonFinite: Bool = false) {
+    public init(spec: QuantSpec, quantizeEmbeddings: Bool = false, compress: Bool = false, allowNonFinite: Bool = false,
+                threads: Int? = nil) {
         self.spec = spec
         self.quantizeEmbeddings = quantizeEmbeddings
         self.compress = compress
         self.allowNonFinite = allowNonFinite
+        self.threads = threads
     }
 }
 
@@ -175,7 +180,8 @@ public enum Quantizer {
                                                 parameters: info.count, sourceBytes: info.byteRange.count,
                                                 payloadBytes: info.byteRange.count, error: nil)
             if isQuantized && info.count > 0 {
-                let (q, error) = try pack(location, spec: spec, allowNonFinite: options.allowNonFinite, progress: &state)
+                let (q, error) = try pack(location, spec: spec, allowNonFinite: options.allowNonFinite, threads: options.threads,
+                                          progress: &state)
                 try writer.add(q, name: info.name)
                 record.storage = spec.description
                 record.payloadBytes = q.layout.totalBytes
@@ -201,13 +207,13 @@ public enum Quantizer {
     /// Quantizes one tensor chunk by chunk, a batch of chunks at a time on all cores,
     /// then measures it against the source in a second pass (the stored scales, DQ8
     /// in particular, exist only at the end).
-    private static func pack(_ location: TensorLocation, spec: QuantSpec, allowNonFinite: Bool,
+    private static func pack(_ location: TensorLocation, spec: QuantSpec, allowNonFinite: Bool, threads: Int?,
                              progress: inout Progress) throws -> (QuantizedTensor, ReconstructionError) {
         let info = location.info, file = location.file
         let encoder = try BlockEncoder(spec: spec, shape: info.shape)
         let chunk = min(chunkElements, info.count)
         let chunks = (info.count + chunk - 1) / chunk
-        let workers = max(1, min(ProcessInfo.processInfo.activeProcessorCount, chunks))
+        let workers = max(1, min(threads ?? ProcessInfo.processInfo.activeProcessorCount, chunks))
         // Per worker: the chunk in fp32, then room for its dequantized blocks (padding included).
         let stride = chunk + spec.blockSize
         guard let scratch = AlignedBuffer(count: 2 * workers * stride * 4) else {

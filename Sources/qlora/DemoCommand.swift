@@ -58,7 +58,7 @@ struct DemoCommand: ParsableCommand {
         say("1. Quantize the base to NF4, blocks of 64, double-quantized scales (QLoRA's format)")
         let spec = QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8)
         let summary = try Quantizer.quantize(modelDirectory: EmbeddedModel.directory, output: packedURL,
-                                             options: QuantizeOptions(spec: spec))
+                                             options: QuantizeOptions(spec: spec, threads: ComputePool.shared.threadCount))
         say(Self.indent(QuantizeCommand.text(summary)))
 
         say("\n2. Inspect and verify the packed file")

@@ -73,7 +73,12 @@ struct ComputeThreads: ParsableArguments {
 
     /// Fixes the thread count before anything computes (QLORA_THREADS is checked here so a bad value is reported, not ignored).
     func apply() throws {
+        if let count = try requested() { try ComputePool.setSharedThreadCount(count) }
+    }
+
+    /// --threads, else QLORA_THREADS; nil when neither is given.
+    func requested() throws -> Int? {
         let environment = try ComputePool.environmentThreadCount()
-        if let count = threads ?? environment { try ComputePool.setSharedThreadCount(count) }
+        return threads ?? environment
     }
 }

@@ -40,6 +40,8 @@ struct QuantizeCommand: ParsableCommand {
     @Flag(name: .long, help: "Print the summary as JSON.")
     var json = false
 
+    @OptionGroup var compute: ComputeThreads
+
     func validate() throws {
         _ = try options
     }
@@ -47,7 +49,8 @@ struct QuantizeCommand: ParsableCommand {
     var options: QuantizeOptions {
         get throws {
             QuantizeOptions(spec: try quantSpec(type: type, blockSize: blockSize, doubleQuant: doubleQuant, fp16Scales: fp16Scales),
-                            quantizeEmbeddings: quantizeEmbeddings, compress: compress, allowNonFinite: allowNonFinite)
+                            quantizeEmbeddings: quantizeEmbeddings, compress: compress, allowNonFinite: allowNonFinite,
+                            threads: try compute.requested())
         }
     }
 

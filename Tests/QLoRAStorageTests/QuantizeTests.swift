@@ -68,14 +68,16 @@ let storiesDirectory = URL(fileURLWithPath: #filePath)
         #expect(report.checksumFailures.isEmpty && report.verified)
     }
 
-    @Test func tensorsOfSeveralChunksMatchOneCallQuantization() throws {
+    /// Whatever number of chunks run at once (`threads`: every CPU, one, three).
+    @Test(arguments: [nil, 1, 3] as [Int?])
+    func tensorsOfSeveralChunksMatchOneCallQuantization(threads: Int?) throws {
         let dir = try SafetensorsScratch.directory()
         defer { SafetensorsScratch.remove(dir) }
         _ = try writeSyntheticModel(to: dir, intermediateSize: 2304)
         let source = try HFCheckpoint(directory: dir)
         for spec in [QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8), QuantSpec(type: .int8, blockSize: 256, scaleKind: .f16)] {
             let url = dir.appendingPathComponent("m.qlora")
-            let summary = try Quantizer.quantize(modelDirectory: dir, output: url, options: QuantizeOptions(spec: spec))
+            let summary = try Quantizer.quantize(modelDirectory: dir, output: url, options: QuantizeOptions(spec: spec, threads: threads))
             let packed = try PackedCheckpoint(url: url)
             let down = try packed.info("model.layers.0.mlp.down_proj.weight")
             #expect(down.count == 128 * 2304 && down.count > 262_144)
