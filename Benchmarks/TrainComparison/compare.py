@@ -332,7 +332,10 @@ def speed(args):
         print(f"{label:40} {r['tokens_per_s']:9.0f} {r['median_step_s']:7.3f} {r['peak_rss_kib'] / 1048576:8.3f} GiB")
     ours, theirs = results.get("qlorakit QLoRA (NF4/64/DQ)"), results.get("HF QLoRA (bnb NF4 + DQ)")
     if ours and theirs:
-        print(f"\nQLoRA: qlorakit / HF tokens/s = {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x, "
+        # Runs of one round ran minutes apart: their ratios show how much the machine moved the figure.
+        rounds = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(ours["runs"], theirs["runs"])]
+        print(f"\nQLoRA: qlorakit / HF tokens/s = {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x "
+              f"(round by round: {', '.join(f'{r:.2f}' for r in rounds)}), "
               f"peak RSS = {100 * ours['peak_rss_kib'] / theirs['peak_rss_kib']:.1f} % of HF's")
         # Both steps must do the same frozen forward and input-gradient products: their rate against
         # the fp32 multiply-add peak our runs measured says how close each comes to the machine.
