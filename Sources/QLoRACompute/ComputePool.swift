@@ -17,9 +17,10 @@ import Synchronization
 /// One call runs at a time (concurrent callers queue: a call already uses
 /// every thread), and the body of a call must not call back into its pool.
 public final class ComputePool: @unchecked Sendable {
-    /// The pool used when none is given: `sharedThreadCount` threads, else
-    /// the count in the environment variable QLORA_THREADS, else one thread per
-    /// CPU this process may run on. Created on first use.
+    /// The pool used when none is given: as many threads as
+    /// `setSharedThreadCount` asked for, else the environment variable
+    /// QLORA_THREADS says, else one per CPU this process may run on. Created
+    /// on first use.
     public static var shared: ComputePool { Shared.pool }
 
     /// Sets the thread count of `shared` (a CLI's --threads). Results depend
@@ -50,7 +51,7 @@ public final class ComputePool: @unchecked Sendable {
         static let pool: ComputePool = sharedSettings.withLock { settings in
             settings.created = true
             // A bad QLORA_THREADS falls back here; the CLI reports it before anything runs.
-            return ComputePool(threadCount: settings.requested ?? (try? environmentThreadCount()) ?? nil
+            return ComputePool(threadCount: settings.requested ?? (try? environmentThreadCount())
                                ?? ProcessInfo.processInfo.activeProcessorCount)
         }
     }
