@@ -64,7 +64,7 @@ struct AdaptedModules: ParsableArguments {
 
 /// --threads, shared by the commands that run the products.
 struct ComputeThreads: ParsableArguments {
-    @Option(help: "Threads for the products (default: QLORA_THREADS, else every CPU this process may use). Results depend on the count in their last bits; a resumed run keeps its first run's count.")
+    @Option(help: "Threads for the products (default: QLORA_THREADS, else every CPU this process may use). Results depend on the count in their last bits (training checkpoints record it).")
     var threads: Int?
 
     func validate() throws {
