@@ -113,6 +113,26 @@ double qk_exp_shifted(float *y, const float *x, int64_t n, float shift, float sc
     return qk_exp_shifted_ref(y, x, n, shift, scale);
 }
 
+void qk_dropout_apply(float *restrict out, const float *restrict x, const uint64_t *restrict bits, int64_t n,
+                      float keep) {
+#if defined(__x86_64__)
+    if (qk_isa_active() == QK_ISA_AVX2) { qk_dropout_apply_avx2(out, x, bits, n, keep); return; }
+#elif defined(__aarch64__)
+    if (qk_isa_active() == QK_ISA_NEON) { qk_dropout_apply_neon(out, x, bits, n, keep); return; }
+#endif
+    qk_dropout_apply_ref(out, x, bits, n, keep);
+}
+
+void qk_dropout_accumulate(float *restrict dx, const float *restrict g, const uint64_t *restrict bits, int64_t n,
+                           float keep) {
+#if defined(__x86_64__)
+    if (qk_isa_active() == QK_ISA_AVX2) { qk_dropout_accumulate_avx2(dx, g, bits, n, keep); return; }
+#elif defined(__aarch64__)
+    if (qk_isa_active() == QK_ISA_NEON) { qk_dropout_accumulate_neon(dx, g, bits, n, keep); return; }
+#endif
+    qk_dropout_accumulate_ref(dx, g, bits, n, keep);
+}
+
 // ----------------------------------------------------------------------------
 // Products with a packed weight
 // ----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-// Scalar reference of the elementwise passes (the SwiGLU activation and the
-// exponentials of softmax and cross-entropy); dispatch.c picks the SIMD paths.
+// Scalar reference of the elementwise passes (the SwiGLU activation, the
+// exponentials of softmax and cross-entropy, LoRA's dropout); dispatch.c picks
+// the SIMD paths.
 #include "CQLoRAKernels.h"
 #include "internal.h"
 
@@ -52,4 +53,19 @@ double qk_exp_shifted_ref(float *y, const float *x, int64_t n, float shift, floa
         total += run;
     }
     return total;
+}
+
+static inline int kept(const uint64_t *bits, int64_t i) { return (int)((bits[i >> 6] >> (i & 63)) & 1); }
+
+void qk_dropout_apply_ref(float *restrict out, const float *restrict x, const uint64_t *restrict bits, int64_t n,
+                          float keep) {
+    for (int64_t i = 0; i < n; i++) out[i] = kept(bits, i) ? x[i] * keep : 0.0f;
+}
+
+void qk_dropout_accumulate_ref(float *restrict dx, const float *restrict g, const uint64_t *restrict bits, int64_t n,
+                               float keep) {
+    for (int64_t i = 0; i < n; i++) {
+        const float d = kept(bits, i) ? g[i] * keep : 0.0f;
+        dx[i] = dx[i] + d;
+    }
 }

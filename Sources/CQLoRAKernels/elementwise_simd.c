@@ -1,5 +1,5 @@
 // SIMD versions of the elementwise passes (elementwise_ref.c has the scalar
-// reference and the dispatch). One body, written with clang's vector types,
+// reference, dispatch.c the choice). One body, written with clang's vector types,
 // is compiled at 8 lanes for AVX2 + FMA and at 4 lanes for NEON. Every lane
 // runs the same instructions, and a partial last vector is computed from a
 // padded copy, so an element's value never depends on its position or on
@@ -91,6 +91,34 @@
             total += sum;                                                                                   \
         }                                                                                                   \
         return total;                                                                                       \
+    }                                                                                                       \
+                                                                                                            \
+    /* Lane l of the W elements at i (i a multiple of W, which divides 64): all ones where kept. */          \
+    ATTR static inline vi_##SUFFIX kept_##SUFFIX(const uint64_t *bits, int64_t i) {                          \
+        vi_##SUFFIX lane;                                                                                   \
+        for (int l = 0; l < W; l++) lane[l] = l;                                                            \
+        const vi_##SUFFIX word = (vi_##SUFFIX)(int32_t)((bits[i >> 6] >> (i & 63)) & ((1u << W) - 1));      \
+        return ((word >> lane) & 1) != 0;                                                                   \
+    }                                                                                                       \
+                                                                                                            \
+    ATTR void qk_dropout_apply_##SUFFIX(float *restrict out, const float *restrict x,                       \
+                                        const uint64_t *restrict bits, int64_t n, float keep) {             \
+        for (int64_t i = 0; i < n; i += W) {                                                                \
+            const int64_t lanes = n - i < W ? n - i : W;                                                    \
+            const vf_##SUFFIX v = load_##SUFFIX(x + i, lanes, 0) * keep;                                    \
+            store_##SUFFIX(out + i, (vf_##SUFFIX)((vi_##SUFFIX)v & kept_##SUFFIX(bits, i)), lanes);          \
+        }                                                                                                   \
+    }                                                                                                       \
+                                                                                                            \
+    ATTR void qk_dropout_accumulate_##SUFFIX(float *restrict dx, const float *restrict g,                   \
+                                             const uint64_t *restrict bits, int64_t n, float keep) {        \
+        for (int64_t i = 0; i < n; i += W) {                                                                \
+            const int64_t lanes = n - i < W ? n - i : W;                                                    \
+            /* The product in its own statement: no contraction into an FMA. */                             \
+            const vf_##SUFFIX d = load_##SUFFIX(g + i, lanes, 0) * keep;                                    \
+            const vf_##SUFFIX masked = (vf_##SUFFIX)((vi_##SUFFIX)d & kept_##SUFFIX(bits, i));              \
+            store_##SUFFIX(dx + i, load_##SUFFIX(dx + i, lanes, 0) + masked, lanes);                        \
+        }                                                                                                   \
     }
 
 #if defined(__x86_64__)

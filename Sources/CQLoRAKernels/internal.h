@@ -52,11 +52,19 @@ void qk_swiglu_forward_avx2(float *restrict a, const float *restrict g, const fl
 void qk_swiglu_backward_avx2(float *dg, float *restrict du, const float *da, const float *restrict g,
                              const float *restrict u, int64_t n);
 double qk_exp_shifted_avx2(float *y, const float *x, int64_t n, float shift, float scale);
+void qk_dropout_apply_avx2(float *restrict out, const float *restrict x, const uint64_t *restrict bits, int64_t n,
+                           float keep);
+void qk_dropout_accumulate_avx2(float *restrict dx, const float *restrict g, const uint64_t *restrict bits,
+                                int64_t n, float keep);
 #elif defined(__aarch64__)
 void qk_swiglu_forward_neon(float *restrict a, const float *restrict g, const float *restrict u, int64_t n);
 void qk_swiglu_backward_neon(float *dg, float *restrict du, const float *da, const float *restrict g,
                              const float *restrict u, int64_t n);
 double qk_exp_shifted_neon(float *y, const float *x, int64_t n, float shift, float scale);
+void qk_dropout_apply_neon(float *restrict out, const float *restrict x, const uint64_t *restrict bits, int64_t n,
+                           float keep);
+void qk_dropout_accumulate_neon(float *restrict dx, const float *restrict g, const uint64_t *restrict bits,
+                                int64_t n, float keep);
 #endif
 
 // Products with a packed weight (qgemm_ref.c, qgemm_avx2.c).

@@ -1,3 +1,4 @@
+import CQLoRAKernels
 import Foundation
 import QLoRACompute
 import QLoRATraining
@@ -199,11 +200,8 @@ public final class LoRAAdapter: LinearAdapter {
         let g = scratch.buffer(count: n * inFeatures, after: rank * n)
         pool.sgemm(.transposed, .plain, m: n, n: i, k: r, alpha: 1, a: du, lda: n, b: a, ldb: i, beta: 0, c: g, ldc: i)
         let keep = 1 / (1 - dropout)
-        mask.withUnsafeBufferPointer { bits in
-            for w in 0..<bits.count {
-                let word = bits[w], base = w * 64
-                for j in 0..<min(64, n * inFeatures - base) { dx[base + j] += (word >> UInt64(j)) & 1 != 0 ? g[base + j] * keep : 0 }
-            }
+        forEachMaskSpan(count: n * inFeatures) { bits, first, count in
+            qk_dropout_accumulate(dx + first, g + first, bits, Int64(count), keep)
         }
     }
 
@@ -214,31 +212,55 @@ public final class LoRAAdapter: LinearAdapter {
 
     /// drop(x) [n, in] in the shared scratch, from a fresh mask (forward) or the latest one (backward).
     private func droppedInput(_ x: UnsafePointer<Float>, rows n: Int, drawingMask: Bool) -> UnsafeMutablePointer<Float> {
-        let count = n * inFeatures, words = (count + 63) / 64
-        if drawingMask, var generator = dropoutGenerator {
-            // Keep an element when a 32-bit uniform is at least p·2³²: two elements per draw, 32 draws per word.
-            let threshold = UInt64((Double(dropout) * 4_294_967_296).rounded(.up))
-            if mask.count != words { mask = [UInt64](repeating: 0, count: words) }
-            mask.withUnsafeMutableBufferPointer { bits in
-                for w in 0..<words {
-                    var word: UInt64 = 0
-                    for j in stride(from: 0, to: 64, by: 2) {
-                        let draw = generator.next()
-                        if draw & 0xFFFF_FFFF >= threshold { word |= 1 << UInt64(j) }
-                        if draw >> 32 >= threshold { word |= 2 << UInt64(j) }
+        let count = n * inFeatures
+        if drawingMask, var generator = dropoutGenerator { drawMask(count: count, from: generator.next()) }
+        let out = scratch.buffer(count: count, after: rank * n), keep = 1 / (1 - dropout)
+        forEachMaskSpan(count: count) { bits, first, count in
+            qk_dropout_apply(out + first, x + first, bits, Int64(count), keep)
+        }
+        return out
+    }
+
+    /// Mask words drawn from one generator: each span of this many words has its
+    /// own stream of `seed`, so the spans are drawn concurrently and the mask
+    /// does not depend on the thread count.
+    private static let maskSpanWords = 256
+
+    /// A fresh mask for `count` elements: an element is kept when a 32-bit
+    /// uniform is at least p·2³² (two elements per draw).
+    private func drawMask(count: Int, from seed: UInt64) {
+        let words = (count + 63) / 64, spans = (words + Self.maskSpanWords - 1) / Self.maskSpanWords
+        let threshold = UInt64((Double(dropout) * 4_294_967_296).rounded(.up))
+        if mask.count != words { mask = [UInt64](repeating: 0, count: words) }
+        mask.withUnsafeMutableBufferPointer { bits in
+            let bits = bits.baseAddress!
+            Parallel.forEachChunk(spans) { _, chunk in
+                for span in chunk {
+                    var generator = Xoshiro256(seed: seed, stream: UInt64(span))
+                    for w in (span * Self.maskSpanWords)..<min(words, (span + 1) * Self.maskSpanWords) {
+                        var word: UInt64 = 0
+                        for j in stride(from: 0, to: 64, by: 2) {
+                            let draw = generator.next()
+                            word |= (draw & 0xFFFF_FFFF >= threshold ? 1 : 0) << UInt64(j)
+                            word |= (draw >> 32 >= threshold ? 1 : 0) << UInt64(j + 1)
+                        }
+                        bits[w] = word
                     }
-                    bits[w] = word
                 }
             }
         }
-        let out = scratch.buffer(count: count, after: rank * n), keep = 1 / (1 - dropout)
+    }
+
+    /// Calls `body(bits, first, count)` for spans of whole mask words of the
+    /// first `count` elements, concurrently; `bits` is the span's first word.
+    private func forEachMaskSpan(count: Int, _ body: (UnsafePointer<UInt64>, Int, Int) -> Void) {
         mask.withUnsafeBufferPointer { bits in
-            for w in 0..<words {
-                let word = bits[w], base = w * 64
-                for j in 0..<min(64, count - base) { out[base + j] = (word >> UInt64(j)) & 1 != 0 ? x[base + j] * keep : 0 }
+            let bits = bits.baseAddress!, words = (count + 63) / 64
+            Parallel.forEachChunk(words, grain: 64) { _, chunk in
+                let first = chunk.lowerBound * 64
+                body(bits + chunk.lowerBound, first, min(count, chunk.upperBound * 64) - first)
             }
         }
-        return out
     }
 }
 

@@ -56,6 +56,30 @@ import _TestSupport
         }
     }
 
+    /// LoRA dropout's passes give the reference's bits on every path (no FMA contraction), on
+    /// lengths that end inside a mask word or a vector; the reference keeps x·keep where the
+    /// element's bit is set and 0 elsewhere, and adds g·keep into dx the same way.
+    @Test(arguments: lengths)
+    func fastDropoutMatchesReferenceBitForBit(n: Int) {
+        var random = SeededGenerator(seed: 9)
+        let x = random.gaussian(count: n), g = random.gaussian(count: n), start = random.gaussian(count: n)
+        let bits = (0..<((n + 63) / 64)).map { _ in random.next() }
+        let keep: Float = 1 / (1 - 0.1)
+        var fast = [Float](repeating: 7, count: n), reference = fast
+        qk_dropout_apply(&fast, x, bits, Int64(n), keep)
+        qk_dropout_apply_ref(&reference, x, bits, Int64(n), keep)
+        #expect(fast.map(\.bitPattern) == reference.map(\.bitPattern))
+        var dxFast = start, dxReference = start
+        qk_dropout_accumulate(&dxFast, g, bits, Int64(n), keep)
+        qk_dropout_accumulate_ref(&dxReference, g, bits, Int64(n), keep)
+        #expect(dxFast.map(\.bitPattern) == dxReference.map(\.bitPattern))
+        for i in 0..<n {
+            let kept = (bits[i / 64] >> UInt64(i % 64)) & 1 == 1
+            #expect(reference[i] == (kept ? x[i] * keep : 0))
+            #expect(dxReference[i] == start[i] + (kept ? g[i] * keep : 0))
+        }
+    }
+
     @Test(arguments: lengths)
     func fastSwiGLUMatchesReference(n: Int) {
         var random = SeededGenerator(seed: UInt64(n))

@@ -177,6 +177,21 @@ void qk_swiglu_backward_ref(float *dg, float *restrict du, const float *da, cons
 double qk_exp_shifted(float *y, const float *x, int64_t n, float shift, float scale);
 double qk_exp_shifted_ref(float *y, const float *x, int64_t n, float shift, float scale);
 
+/// Dropout with a kept-element mask, one bit per element, element i at bit i % 64
+/// of bits[i / 64]: out[i] = x[i] · keep where the bit is set, else 0. Exactly
+/// the reference's values on every path (one multiply, no contraction).
+void qk_dropout_apply(float *restrict out, const float *restrict x, const uint64_t *restrict bits, int64_t n,
+                      float keep);
+void qk_dropout_apply_ref(float *restrict out, const float *restrict x, const uint64_t *restrict bits, int64_t n,
+                          float keep);
+
+/// Its backward into an accumulated gradient: dx[i] += (bit ? g[i] · keep : 0),
+/// the product rounded before the sum, on every path.
+void qk_dropout_accumulate(float *restrict dx, const float *restrict g, const uint64_t *restrict bits, int64_t n,
+                           float keep);
+void qk_dropout_accumulate_ref(float *restrict dx, const float *restrict g, const uint64_t *restrict bits, int64_t n,
+                               float keep);
+
 // ---------------------------------------------------------------------------
 // Checksum (checksum.c): XXH64 as specified by xxHash, used by packed checkpoints
 // ---------------------------------------------------------------------------
