@@ -24,7 +24,7 @@ Not part of the Swift package: the Python side is installed outside the project
            pair runs in transformers + PEFT over bitsandbytes NF4 (block 64, double quant) and over
            fp32, mirroring qlora train's data, loss, LoRA, AdamW, clipping and schedule (README.md).
 
-Usage:  python3 compare.py speed   --qlora .build/release/qlora [--python /tmp/hfenv/bin/python] [--repeat 3]
+Usage:  python3 compare.py speed   --qlora .build/release/qlora [--python /tmp/hfenv/bin/python] [--repeat 3] [--dropout 0.1]
         python3 compare.py quality --qlora .build/release/qlora [--seeds 1 2 3 4 5 6] [--loftq]
         python3 compare.py quality --stack hf --python /tmp/hfenv/bin/python [--seeds 1 2 3 4 5 6]
 Results are printed as a table and written to --out (JSON).
@@ -114,7 +114,7 @@ def summarize(runs):
 # ---------------------------------------------------------------------------------------------
 # The Python side (run in a child of --python, so its RSS is its own).
 
-def hf_child(workdir, quant):
+def hf_child(workdir, quant, dropout):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -126,7 +126,7 @@ def hf_child(workdir, quant):
     else:
         model = AutoModelForCausalLM.from_pretrained(workdir, dtype=torch.float32)
     torch.manual_seed(0)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, lora_dropout=0.0,
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, lora_dropout=dropout,
                                              bias="none", task_type="CAUSAL_LM"))
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -306,12 +306,13 @@ def speed(args):
         subprocess.run([args.qlora, "quantize", model, "--output", packed, "--type", "nf4", "--block-size", "64",
                         "--double-quant"], check=True, capture_output=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
-    hf = [args.python, os.path.abspath(__file__), "hf-child", "--workdir", model]
+    hf = [args.python, os.path.abspath(__file__), "hf-child", "--workdir", model, "--dropout", str(args.dropout)]
+    ours = ["--json", "--dropout", str(args.dropout)]
     cases = [
-        ("qlorakit QLoRA (NF4/64/DQ)", [args.qlora, "bench", "train", "--model", packed, "--json"], parse_ours),
-        ("qlorakit LoRA (fp32)", [args.qlora, "bench", "train", "--model", model, "--json"], parse_ours),
-        ("qlorakit QLoRA + grad checkpointing", [args.qlora, "bench", "train", "--model", packed, "--json", "--grad-checkpoint"], parse_ours),
-        ("qlorakit LoRA + grad checkpointing", [args.qlora, "bench", "train", "--model", model, "--json", "--grad-checkpoint"], parse_ours),
+        ("qlorakit QLoRA (NF4/64/DQ)", [args.qlora, "bench", "train", "--model", packed] + ours, parse_ours),
+        ("qlorakit LoRA (fp32)", [args.qlora, "bench", "train", "--model", model] + ours, parse_ours),
+        ("qlorakit QLoRA + grad checkpointing", [args.qlora, "bench", "train", "--model", packed, "--grad-checkpoint"] + ours, parse_ours),
+        ("qlorakit LoRA + grad checkpointing", [args.qlora, "bench", "train", "--model", model, "--grad-checkpoint"] + ours, parse_ours),
         ("HF QLoRA (bnb NF4 + DQ)", hf + ["--quant", "nf4"], parse_hf),
         ("HF LoRA (fp32)", hf + ["--quant", "fp32"], parse_hf),
     ]
@@ -430,10 +431,11 @@ def main():
     ap.add_argument("--only", nargs="*", help="speed: cases whose label contains one of these")
     ap.add_argument("--max-wait", type=float, default=300, help="speed: seconds to wait for a quiet machine before each run")
     ap.add_argument("--quant", help=argparse.SUPPRESS)
+    ap.add_argument("--dropout", type=float, default=0.0, help="speed: LoRA dropout on both sides (0 = the issue's setting)")
     ap.add_argument("--out", help="write the results here as JSON")
     args = ap.parse_args()
     if args.mode == "hf-child":
-        return hf_child(args.workdir, args.quant)
+        return hf_child(args.workdir, args.quant, args.dropout)
     if args.mode == "hf-quality-child":
         return hf_quality_child(args.data, args.quant, args.seeds[0], args.rank, args.steps, args.learning_rate)
     if args.stack == "hf" and args.loftq:

@@ -28,6 +28,9 @@ struct BenchTrainCommand: ParsableCommand {
     @Option(help: "LoRA rank (alpha is twice the rank).")
     var rank = 16
 
+    @Option(help: "LoRA dropout on the adapters' input, in [0, 1).")
+    var dropout: Float = 0
+
     @OptionGroup var adapted: AdaptedModules
 
     @Option(help: "Steps before timing starts.")
@@ -45,8 +48,8 @@ struct BenchTrainCommand: ParsableCommand {
     @OptionGroup var compute: ComputeThreads
 
     func validate() throws {
-        guard batch >= 1, length >= 2, rank >= 1, warmup >= 0, steps >= 1 else {
-            throw ValidationError("--batch, --rank and --steps must be at least 1, --length at least 2, --warmup not negative")
+        guard batch >= 1, length >= 2, rank >= 1, warmup >= 0, steps >= 1, (0..<1).contains(dropout) else {
+            throw ValidationError("--batch, --rank and --steps must be at least 1, --length at least 2, --warmup not negative, --dropout in [0, 1)")
         }
     }
 
@@ -56,7 +59,7 @@ struct BenchTrainCommand: ParsableCommand {
         let llama = loaded.model
         let afterLoad = ResidentMemory.sample()
         let lora = LoRAConfiguration(rank: rank, alpha: Float(2 * rank), targetModules: try adapted.modules(),
-                                     layers: try adapted.layerList())
+                                     dropout: dropout, layers: try adapted.layerList())
         let estimate = Trainer.memoryPlan(model: llama, configuration: TrainingConfiguration(
             lora: lora, batchSize: batch, gradientCheckpointing: gradCheckpoint), sequenceLength: length).estimate()
         var random = Xoshiro256(seed: 0)
@@ -75,7 +78,7 @@ struct BenchTrainCommand: ParsableCommand {
         var times: [Double] = [], losses: [Double] = []
         for i in 0..<(warmup + steps) {
             let start = DispatchTime.now().uptimeNanoseconds
-            let result = try optimizer.step([rows], dropoutSeeds: [0])
+            let result = try optimizer.step([rows], dropoutSeeds: [UInt64(i)])
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             losses.append(result.loss)
             if i >= warmup { times.append(seconds) }
@@ -90,7 +93,7 @@ struct BenchTrainCommand: ParsableCommand {
         let peak = KernelBenchmark(threads: ComputePool.shared.threadCount).fmaPeak()
         let record: [String: Any] = [
             "model": loaded.url.path, "format": loaded.format.rawValue, "base": TrainingReporter.packedSpec(llama) ?? "fp32",
-            "batch": batch, "length": length, "rank": rank, "targets": lora.targetModules, "layers": lora.layers ?? NSNull(),
+            "batch": batch, "length": length, "rank": rank, "dropout": dropout, "targets": lora.targetModules, "layers": lora.layers ?? NSNull(),
             "gradient_checkpointing": gradCheckpoint,
             "trainable_parameters": optimizer.parameters.count, "step_seconds": times, "median_step_seconds": median,
             "tokens_per_second": Double(n) / median, "losses": losses,
@@ -105,8 +108,9 @@ struct BenchTrainCommand: ParsableCommand {
             FileHandle.standardOutput.write(try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys]))
             print()
         } else {
-            print(String(format: "%@ base, batch %d × %d, LoRA r=%d on %@ of %@ (%d parameters): median step %.3f s, %.0f tokens/s, peak RSS %@ (estimate %@)",
-                         TrainingReporter.packedSpec(llama) ?? "fp32", batch, length, rank, adapted.targets,
+            print(String(format: "%@ base, batch %d × %d, LoRA r=%d%@ on %@ of %@ (%d parameters): median step %.3f s, %.0f tokens/s, peak RSS %@ (estimate %@)",
+                         TrainingReporter.packedSpec(llama) ?? "fp32", batch, length, rank,
+                         dropout > 0 ? ", dropout \(dropout)" : "", adapted.targets,
                          adapted.layers.map { "layers \($0)" } ?? "every layer", optimizer.parameters.count, median,
                          Double(n) / median, memory.peak.map(Format.bytes) ?? "unknown", Format.bytes(estimate.total)))
             print(String(format: "frozen products no step can skip (%.1f MFLOP per token): %.0f GFLOP/s, %.0f%% of this machine's fp32 multiply-add peak (%.0f GFLOP/s, %d threads)",
