@@ -93,20 +93,22 @@
         return total;                                                                                       \
     }                                                                                                       \
                                                                                                             \
-    /* Lane l of the W elements at i (i a multiple of W, which divides 64): all ones where kept. */          \
-    ATTR static inline vi_##SUFFIX kept_##SUFFIX(const uint64_t *bits, int64_t i) {                          \
+    /* x[i..i+W) · keep where the element's mask bit is set, else 0 (i a multiple of W, which      \
+       divides 64). The product is rounded on its own: the and keeps it out of any FMA. */           \
+    ATTR static inline vf_##SUFFIX kept_##SUFFIX(const float *x, const uint64_t *bits, int64_t i,          \
+                                                  int64_t lanes, float keep) {                            \
         vi_##SUFFIX lane;                                                                                   \
         for (int l = 0; l < W; l++) lane[l] = l;                                                            \
         const vi_##SUFFIX word = (vi_##SUFFIX)(int32_t)((bits[i >> 6] >> (i & 63)) & ((1u << W) - 1));      \
-        return ((word >> lane) & 1) != 0;                                                                   \
+        const vf_##SUFFIX v = load_##SUFFIX(x + i, lanes, 0) * keep;                                        \
+        return (vf_##SUFFIX)((vi_##SUFFIX)v & (((word >> lane) & 1) != 0));                                 \
     }                                                                                                       \
                                                                                                             \
     ATTR void qk_dropout_apply_##SUFFIX(float *restrict out, const float *restrict x,                       \
                                         const uint64_t *restrict bits, int64_t n, float keep) {             \
         for (int64_t i = 0; i < n; i += W) {                                                                \
             const int64_t lanes = n - i < W ? n - i : W;                                                    \
-            const vf_##SUFFIX v = load_##SUFFIX(x + i, lanes, 0) * keep;                                    \
-            store_##SUFFIX(out + i, (vf_##SUFFIX)((vi_##SUFFIX)v & kept_##SUFFIX(bits, i)), lanes);          \
+            store_##SUFFIX(out + i, kept_##SUFFIX(x, bits, i, lanes, keep), lanes);                         \
         }                                                                                                   \
     }                                                                                                       \
                                                                                                             \
@@ -114,10 +116,7 @@
                                              const uint64_t *restrict bits, int64_t n, float keep) {        \
         for (int64_t i = 0; i < n; i += W) {                                                                \
             const int64_t lanes = n - i < W ? n - i : W;                                                    \
-            /* The product in its own statement: no contraction into an FMA. */                             \
-            const vf_##SUFFIX d = load_##SUFFIX(g + i, lanes, 0) * keep;                                    \
-            const vf_##SUFFIX masked = (vf_##SUFFIX)((vi_##SUFFIX)d & kept_##SUFFIX(bits, i));              \
-            store_##SUFFIX(dx + i, load_##SUFFIX(dx + i, lanes, 0) + masked, lanes);                        \
+            store_##SUFFIX(dx + i, load_##SUFFIX(dx + i, lanes, 0) + kept_##SUFFIX(g, bits, i, lanes, keep), lanes); \
         }                                                                                                   \
     }
 
