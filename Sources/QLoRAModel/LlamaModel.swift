@@ -120,7 +120,7 @@ public final class LlamaModel {
                               rows: headRows, classes: vocabularySize, scale: lossScale)
         // The embeddings never train: backward ends at the lowest layer with an adapter, without its
         // input gradient (layers below it kept no cache).
-        let lowest = layers.firstIndex(where: \.isTrainable).map { max($0, ws.keptFrom) }
+        let lowest = lowestAdaptedLayer.map { max($0, ws.keptFrom) }
         lmHead.backward(ws.logits.pointer, input: ws.finalInput.pointer, rows: headRows,
                         into: lowest == nil ? nil : ws.gradients.norm.pointer, accumulate: false)
         guard let lowest else { return }
@@ -176,10 +176,13 @@ public final class LlamaModel {
         return ws.cache(layer: layer)
     }
 
+    /// The lowest decoder layer with an adapter, where backward ends; nil without adapters.
+    private var lowestAdaptedLayer: Int? { layers.firstIndex(where: \.isTrainable) }
+
     /// The first layer whose activations backward needs: the lowest with an
     /// adapter (the layers below only pass their output up), 0 without adapters
     /// (every cache stays available to `cache(layer:)`).
-    private var firstKeptLayer: Int { layers.firstIndex(where: \.isTrainable) ?? 0 }
+    private var firstKeptLayer: Int { lowestAdaptedLayer ?? 0 }
 
     /// Flops per token of the frozen products no training step can skip:
     /// the forward of every projection and lm_head, and the input gradient of
