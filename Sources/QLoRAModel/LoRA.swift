@@ -80,10 +80,10 @@ public struct LoRAConfiguration: Sendable, Hashable, Codable {
 /// backward — draws the same mask; the trainer sets a new generator for
 /// each micro-batch.
 ///
-/// Cache for backward: uᵀ = A·drop(x)ᵀ [r, n] and the dropout mask (one bit
+/// Cache for backward: u = drop(x)·Aᵀ [n, r] and the dropout mask (one bit
 /// per input element) from the latest forward; x itself is the decoder
 /// layer's cached input of the projection. drop(x) is rebuilt in backward in
-/// a scratch buffer shared by all adapters of a model, which also holds duᵀ.
+/// a scratch buffer shared by all adapters of a model, which also holds du.
 public final class LoRAAdapter: LinearAdapter {
     public let rank: Int
     public let inFeatures: Int
@@ -102,15 +102,13 @@ public final class LoRAAdapter: LinearAdapter {
     /// Draws the dropout mask of the next forward passes; nil = no dropout.
     public var dropoutGenerator: Xoshiro256?
 
-    // Kept transposed, r × n: the skinny products then have n as their long
-    // dimension in OpenBLAS's favoured layout (measured 2–3× faster than [n, r]).
-    private var hidden = FloatBuffer(count: 0)         // uᵀ [r, n]
+    private var hidden = FloatBuffer(count: 0)         // u [n, r]
     private var mask: [UInt64] = []                    // [n·in] bits, 1 = kept
     private var masked = false                         // whether the latest forward dropped
     private let scratch: LoRAScratch
 
     /// Binds to tensors `a` [r, in] and `b` [out, r] of `parameters`.
-    /// - Parameter scratch: room for duᵀ [r, n] and drop(x) [n, in], shared by the adapters of one model.
+    /// - Parameter scratch: room for du [n, r] and drop(x) [n, in], shared by the adapters of one model.
     public init(parameters: TrainableParameters, a: TrainableParameters.Entry, b: TrainableParameters.Entry, scaling: Float,
                 dropout: Float = 0, scratch: LoRAScratch = LoRAScratch()) {
         precondition(a.shape.count == 2 && b.shape.count == 2 && a.shape[0] == b.shape[1],
@@ -165,10 +163,10 @@ public final class LoRAAdapter: LinearAdapter {
         masked = dropout > 0 && dropoutGenerator != nil
         let input = masked ? UnsafePointer(droppedInput(x, rows: n, drawingMask: true)) : x
         let r = rank, i = inFeatures, o = outFeatures, pool = ComputePool.shared
-        // uᵀ [r, n] = A [r, in] · drop(x)ᵀ
-        pool.sgemm(.plain, .transposed, m: r, n: n, k: i, alpha: 1, a: a, lda: i, b: input, ldb: i, beta: 0, c: hidden.pointer, ldc: n)
-        // y [n, out] += s · (uᵀ)ᵀ · Bᵀ
-        pool.sgemm(.transposed, .transposed, m: n, n: o, k: r, alpha: scaling, a: hidden.pointer, lda: n, b: b, ldb: r,
+        // u [n, r] = drop(x) · Aᵀ
+        pool.sgemm(.plain, .transposed, m: n, n: r, k: i, alpha: 1, a: input, lda: i, b: a, ldb: i, beta: 0, c: hidden.pointer, ldc: r)
+        // y [n, out] += s · u · Bᵀ
+        pool.sgemm(.plain, .transposed, m: n, n: o, k: r, alpha: scaling, a: hidden.pointer, lda: r, b: b, ldb: r,
                    beta: 1, c: y, ldc: o)
     }
 
@@ -176,29 +174,25 @@ public final class LoRAAdapter: LinearAdapter {
                          into dx: UnsafeMutablePointer<Float>?, accumulate: Bool) {
         if let dx { base.backwardInput(dy, rows: n, into: dx, accumulate: accumulate) }
         guard n > 0 else { return }
-        let r = rank, i = inFeatures, o = outFeatures, pool = ComputePool.shared
-        // duᵀ [r, n] lives in the shared scratch, ahead of drop(x) (sized for both at once, so the
+        let r = rank, i = inFeatures, pool = ComputePool.shared
+        // du [n, r] lives in the shared scratch, ahead of drop(x) (sized for both at once, so the
         // scratch does not grow under du).
-        let u = hidden.pointer, du = scratch.buffer(count: rank * n + (masked ? n * inFeatures : 0))
-        // dB [out, r] += s · dyᵀ · (uᵀ)ᵀ
-        pool.sgemm(.transposed, .transposed, m: o, n: r, k: n, alpha: scaling, a: dy, lda: o, b: u, ldb: n,
-                   beta: 1, c: gradientB, ldc: r)
-        // duᵀ [r, n] = s · Bᵀ · dyᵀ
-        pool.sgemm(.transposed, .transposed, m: r, n: n, k: o, alpha: scaling, a: b, lda: r, b: dy, ldb: o, beta: 0, c: du, ldc: n)
+        let du = scratch.buffer(count: rank * n + (masked ? n * inFeatures : 0))
+        addGradientB(dy, rows: n, du: du, rowStride: r)
         guard masked else {
             // dA [r, in] += duᵀ · x
-            pool.sgemm(.plain, .plain, m: r, n: i, k: n, alpha: 1, a: du, lda: n, b: x, ldb: i, beta: 1, c: gradientA, ldc: i)
-            // dx [n, in] += (duᵀ)ᵀ · A
-            if let dx { pool.sgemm(.transposed, .plain, m: n, n: i, k: r, alpha: 1, a: du, lda: n, b: a, ldb: i, beta: 1, c: dx, ldc: i) }
+            pool.sgemm(.transposed, .plain, m: r, n: i, k: n, alpha: 1, a: du, lda: r, b: x, ldb: i, beta: 1, c: gradientA, ldc: i)
+            // dx [n, in] += du · A
+            if let dx { pool.sgemm(.plain, .plain, m: n, n: i, k: r, alpha: 1, a: du, lda: r, b: a, ldb: i, beta: 1, c: dx, ldc: i) }
             return
         }
         // dA [r, in] += duᵀ · drop(x)
         let dropped = droppedInput(x, rows: n, drawingMask: false)
-        pool.sgemm(.plain, .plain, m: r, n: i, k: n, alpha: 1, a: du, lda: n, b: dropped, ldb: i, beta: 1, c: gradientA, ldc: i)
+        pool.sgemm(.transposed, .plain, m: r, n: i, k: n, alpha: 1, a: du, lda: r, b: dropped, ldb: i, beta: 1, c: gradientA, ldc: i)
         guard let dx else { return }
-        // dx [n, in] += drop'((duᵀ)ᵀ · A): the same mask and 1/(1 − p) on the way back
+        // dx [n, in] += drop'(du · A): the same mask and 1/(1 − p) on the way back
         let g = scratch.buffer(count: n * inFeatures, after: rank * n)
-        pool.sgemm(.transposed, .plain, m: n, n: i, k: r, alpha: 1, a: du, lda: n, b: a, ldb: i, beta: 0, c: g, ldc: i)
+        pool.sgemm(.plain, .plain, m: n, n: i, k: r, alpha: 1, a: du, lda: r, b: a, ldb: i, beta: 0, c: g, ldc: i)
         let keep = 1 / (1 - dropout)
         forEachMaskSpan(count: n * inFeatures) { bits, first, count in
             qk_dropout_accumulate(dx + first, g + first, bits, Int64(count), keep)
@@ -208,6 +202,33 @@ public final class LoRAAdapter: LinearAdapter {
     /// Grows the backward cache to n rows.
     private func reserve(rows n: Int) {
         if hidden.count < n * rank { hidden = FloatBuffer(count: n * rank) }
+    }
+
+    /// dB [out, r] += s · dyᵀ · u and du [n, r] (rows `rowStride` apart) = s · dy · B, from the
+    /// cached u. Both read dy [n, out], so one pass does both where the kernel covers the rank in
+    /// whole vectors: the rows of dy split across cores, each chunk after the first summing its
+    /// share of dB apart, added in chunk order.
+    private func addGradientB(_ dy: UnsafePointer<Float>, rows n: Int, du: UnsafeMutablePointer<Float>, rowStride: Int) {
+        let r = rank, o = outFeatures, s = scaling, u = hidden.pointer, b = b, gradientB = gradientB
+        let lanes = Int(qk_lora_b_lanes())
+        guard lanes > 1, r % lanes == 0 else {
+            let pool = ComputePool.shared
+            pool.sgemm(.transposed, .plain, m: o, n: r, k: n, alpha: s, a: dy, lda: o, b: u, ldb: r, beta: 1, c: gradientB, ldc: r)
+            pool.sgemm(.plain, .plain, m: n, n: r, k: o, alpha: s, a: dy, lda: o, b: b, ldb: r, beta: 0, c: du, ldc: rowStride)
+            return
+        }
+        let grain = 32, chunks = Parallel.chunkCount(for: n, grain: grain)
+        let partials = scratch.partialSums(count: (chunks - 1) * o * r)
+        partials.update(repeating: 0, count: (chunks - 1) * o * r)
+        Parallel.forEachChunk(n, grain: grain) { c, rows in
+            let t = rows.lowerBound
+            qk_lora_b_gradients(c == 0 ? gradientB : partials + (c - 1) * o * r, du + t * rowStride, Int64(rowStride),
+                                dy + t * o, Int64(o), u + t * r, Int64(r), b, Int64(rows.count), Int64(o), Int64(r), s)
+        }
+        for c in 0..<(chunks - 1) {
+            let p = partials + c * o * r
+            for e in 0..<(o * r) { gradientB[e] += p[e] }
+        }
     }
 
     /// drop(x) [n, in] in the shared scratch, from a fresh mask (forward) or the latest one (backward).
@@ -295,13 +316,14 @@ extension LoRAAdapter {
             adapter.reserve(rows: n)
             adapter.masked = false
         }
-        // Uᵀ [m·r, n] = stacked A · xᵀ; adapter j's uᵀ is rows j·r ..< (j + 1)·r.
-        pool.sgemm(.plain, .transposed, m: m, n: n, k: i, alpha: 1, a: stackedA, lda: i, b: x, ldb: i,
-                   beta: 0, c: stackedHidden, ldc: n)
+        // U [n, m·r] = x · stacked Aᵀ; adapter j's u is columns j·r ..< (j + 1)·r.
+        pool.sgemm(.plain, .transposed, m: n, n: m, k: i, alpha: 1, a: x, lda: i, b: stackedA, ldb: i,
+                   beta: 0, c: stackedHidden, ldc: m)
         for (j, adapter) in group.enumerated() {
-            adapter.hidden.pointer.update(from: stackedHidden + j * r * n, count: r * n)
-            pool.sgemm(.transposed, .transposed, m: n, n: adapter.outFeatures, k: r, alpha: adapter.scaling,
-                       a: adapter.hidden.pointer, lda: n, b: adapter.b, ldb: r, beta: 1, c: outputs[j], ldc: adapter.outFeatures)
+            let u = adapter.hidden.pointer
+            for row in 0..<n { (u + row * r).update(from: stackedHidden + row * m + j * r, count: r) }
+            pool.sgemm(.plain, .transposed, m: n, n: adapter.outFeatures, k: r, alpha: adapter.scaling,
+                       a: u, lda: r, b: adapter.b, ldb: r, beta: 1, c: outputs[j], ldc: adapter.outFeatures)
         }
     }
 
@@ -314,36 +336,39 @@ extension LoRAAdapter {
         let r = group[0].rank, i = group[0].inFeatures, m = group.count * r, pool = ComputePool.shared
         let (stackedA, stackedGradient, gradientA) = group[0].scratch.stacked(rows: m, in: i, n: n)
         for (j, adapter) in group.enumerated() {
-            let o = adapter.outFeatures, s = adapter.scaling
             (stackedA + j * r * i).update(from: adapter.a, count: r * i)
-            // dB [out, r] += s · dyᵀ · (uᵀ)ᵀ
-            pool.sgemm(.transposed, .transposed, m: o, n: r, k: n, alpha: s, a: dys[j], lda: o, b: adapter.hidden.pointer, ldb: n,
-                       beta: 1, c: adapter.gradientB, ldc: r)
-            // duᵀ [r, n] = s · Bᵀ · dyᵀ, into rows j·r ..< (j + 1)·r of the stacked duᵀ
-            pool.sgemm(.transposed, .transposed, m: r, n: n, k: o, alpha: s, a: adapter.b, lda: r, b: dys[j], ldb: o,
-                       beta: 0, c: stackedGradient + j * r * n, ldc: n)
+            // dB, and du into columns j·r ..< (j + 1)·r of the stacked du [n, m·r]
+            adapter.addGradientB(dys[j], rows: n, du: stackedGradient + j * r, rowStride: m)
         }
         // dA of every adapter [m·r, in] = stacked duᵀ · x, then added to each gradient.
-        pool.sgemm(.plain, .plain, m: m, n: i, k: n, alpha: 1, a: stackedGradient, lda: n, b: x, ldb: i,
+        pool.sgemm(.transposed, .plain, m: m, n: i, k: n, alpha: 1, a: stackedGradient, lda: m, b: x, ldb: i,
                    beta: 0, c: gradientA, ldc: i)
         for (j, adapter) in group.enumerated() {
             let g = adapter.gradientA, d = gradientA + j * r * i
             for e in 0..<(r * i) { g[e] += d[e] }
         }
-        // dx [n, in] += (stacked duᵀ)ᵀ · stacked A
+        // dx [n, in] += stacked du · stacked A
         guard let dx else { return }
-        pool.sgemm(.transposed, .plain, m: n, n: i, k: m, alpha: 1, a: stackedGradient, lda: n, b: stackedA, ldb: i,
+        pool.sgemm(.plain, .plain, m: n, n: i, k: m, alpha: 1, a: stackedGradient, lda: m, b: stackedA, ldb: i,
                    beta: 1, c: dx, ldc: i)
     }
 }
 
 /// Scratch memory the LoRA adapters of one model share (they run one at a
-/// time): duᵀ in backward, drop(x) in forward and backward, then the masked
+/// time): du in backward, drop(x) in forward and backward, then the masked
 /// input gradient; the stacked matrices of adapters that run as a group.
 public final class LoRAScratch {
     private var storage = FloatBuffer(count: 0)
+    private var partials = FloatBuffer(count: 0)
 
     public init() {}
+
+    /// At least `count` floats for the per-chunk sums of dB, apart from the
+    /// other buffers, valid until the next call that grows it.
+    func partialSums(count: Int) -> UnsafeMutablePointer<Float> {
+        if partials.count < count { partials = FloatBuffer(count: count) }
+        return partials.pointer
+    }
 
     /// At least `count` floats starting `after` floats into the scratch,
     /// valid until the next call that grows it.
@@ -353,7 +378,7 @@ public final class LoRAScratch {
     }
 
     /// Room for a group of adapters with m·r = `rows` stacked rows: A [rows, in],
-    /// uᵀ or duᵀ [rows, n] and dA [rows, in], valid until the next call.
+    /// U or du [n, rows] and dA [rows, in], valid until the next call.
     func stacked(rows: Int, in i: Int, n: Int) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) {
         let p = buffer(count: rows * (2 * i + n))
         return (p, p + rows * i, p + rows * (i + n))

@@ -193,6 +193,24 @@ void qk_dropout_accumulate_ref(float *restrict dx, const float *restrict g, cons
                                float keep);
 
 // ---------------------------------------------------------------------------
+// LoRA's low-rank products (lowrank.c)
+// ---------------------------------------------------------------------------
+
+/// The gradients on LoRA's B side in one pass over dy [n, o] (row stride ldy):
+/// db [o, r] += scale · dyᵀ·u and du [n, r] (row stride lddu) = scale · dy·b,
+/// with u [n, r] (row stride ldu) the forward's A·x and b [o, r]. The
+/// dispatching version may differ from the reference in summation order.
+void qk_lora_b_gradients(float *db, float *du, int64_t lddu, const float *dy, int64_t ldy, const float *u,
+                         int64_t ldu, const float *b, int64_t n, int64_t o, int64_t r, float scale);
+void qk_lora_b_gradients_ref(float *db, float *du, int64_t lddu, const float *dy, int64_t ldy, const float *u,
+                             int64_t ldu, const float *b, int64_t n, int64_t o, int64_t r, float scale);
+
+/// The ranks that qk_lora_b_gradients covers in whole vectors are the multiples
+/// of this (8 with AVX2, 4 with NEON); 1 when it only has scalar code. Other
+/// ranks are computed right but slower than two BLAS products.
+int32_t qk_lora_b_lanes(void);
+
+// ---------------------------------------------------------------------------
 // Checksum (checksum.c): XXH64 as specified by xxHash, used by packed checkpoints
 // ---------------------------------------------------------------------------
 
