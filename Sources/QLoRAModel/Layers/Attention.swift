@@ -31,8 +31,9 @@ public struct GroupedQueryAttention: Sendable {
     public let window: Int?
 
     /// Query rows per block: large enough for efficient products, small
-    /// enough that the causal skip saves most of the upper triangle.
-    static let queryBlock = 64
+    /// enough that the causal skip saves most of the upper triangle. 16, 24
+    /// and 32 measured alike, 19 % faster than 64 (T = 256, hd = 64, Zen 4).
+    static let queryBlock = 32
 
     public init(heads: Int, kvHeads: Int, headDimension: Int, window: Int? = nil) {
         precondition(heads % kvHeads == 0, "[GroupedQueryAttention] \(heads) heads are not a multiple of \(kvHeads) kv heads")
