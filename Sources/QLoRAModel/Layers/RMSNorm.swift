@@ -15,6 +15,25 @@ public struct RMSNorm: Sendable {
         self.epsilon = epsilon
     }
 
+    /// Σ term(i) for i in 0..<count, in double, as eight interleaved partial
+    /// sums: one running sum waits on every add (31M model, a training step's
+    /// norms: 10 ms before, 4.5 ms with this).
+    @inline(__always)
+    private static func sum(count: Int, _ term: (Int) -> Double) -> Double {
+        var s = SIMD8<Double>()
+        var i = 0
+        while i + 8 <= count {
+            s += SIMD8(term(i), term(i + 1), term(i + 2), term(i + 3), term(i + 4), term(i + 5), term(i + 6), term(i + 7))
+            i += 8
+        }
+        var tail = 0.0
+        while i < count {
+            tail += term(i)
+            i += 1
+        }
+        return s.sum() + tail
+    }
+
     /// Rows per chunk worth a thread.
     private var rowGrain: Int { max(1, (1 << 16) / max(dimension, 1)) }
 
@@ -31,8 +50,7 @@ public struct RMSNorm: Sendable {
                 for row in rows {
                     let xr = x + row * c, yr = y + row * c
                     // Double accumulation keeps the mean as exact as torch's pairwise sum at any width.
-                    var sum: Double = 0
-                    for i in 0..<c { sum += Double(xr[i]) * Double(xr[i]) }
+                    let sum = Self.sum(count: c) { Double(xr[$0]) * Double(xr[$0]) }
                     let r = 1 / (Float(sum / Double(c)) + eps).squareRoot()
                     rstd[row] = r
                     for i in 0..<c { yr[i] = w[i] * (xr[i] * r) }
@@ -58,8 +76,7 @@ public struct RMSNorm: Sendable {
                 for row in rows {
                     let xr = x + row * c, dyr = dy + row * c, dxr = dx + row * c
                     let r = rstd[row]
-                    var dot: Double = 0
-                    for i in 0..<c { dot += Double(w[i] * dyr[i]) * Double(xr[i]) }
+                    let dot = Self.sum(count: c) { Double(w[$0] * dyr[$0]) * Double(xr[$0]) }
                     let k = Float(dot / Double(c)) * r * r
                     if accumulate {
                         for i in 0..<c { dxr[i] += r * (w[i] * dyr[i] - xr[i] * k) }
