@@ -115,23 +115,19 @@ int32_t qk_lora_b_lanes(void) {
 
 void qk_lora_b_gradients(float *db, float *du, int64_t lddu, const float *dy, int64_t ldy, const float *u,
                          int64_t ldu, const float *b, int64_t n, int64_t o, int64_t r, float scale) {
-    int64_t r0 = 0;
 #if defined(__x86_64__) || defined(__i386__)
-    if (qk_isa_active() != QK_ISA_AVX2) {
-        qk_lora_b_gradients_ref(db, du, lddu, dy, ldy, u, ldu, b, n, o, r, scale);
+    if (qk_isa_active() == QK_ISA_AVX2) {
+        int64_t r0 = qk_avx512_allowed() ? lora_b_avx512(db, du, lddu, dy, ldy, u, ldu, b, n, o, r, scale, 0) : 0;
+        r0 = lora_b_avx2(db, du, lddu, dy, ldy, u, ldu, b, n, o, r, scale, r0);
+        lora_b_scalar(db, du, lddu, dy, ldy, u, ldu, b, n, o, r, scale, r0);
         return;
     }
-    if (qk_avx512_allowed()) r0 = lora_b_avx512(db, du, lddu, dy, ldy, u, ldu, b, n, o, r, scale, r0);
-    r0 = lora_b_avx2(db, du, lddu, dy, ldy, u, ldu, b, n, o, r, scale, r0);
 #elif defined(__aarch64__)
-    if (qk_isa_active() != QK_ISA_NEON) {
-        qk_lora_b_gradients_ref(db, du, lddu, dy, ldy, u, ldu, b, n, o, r, scale);
+    if (qk_isa_active() == QK_ISA_NEON) {
+        const int64_t r0 = lora_b_neon(db, du, lddu, dy, ldy, u, ldu, b, n, o, r, scale, 0);
+        lora_b_scalar(db, du, lddu, dy, ldy, u, ldu, b, n, o, r, scale, r0);
         return;
     }
-    r0 = lora_b_neon(db, du, lddu, dy, ldy, u, ldu, b, n, o, r, scale, r0);
-#else
-    qk_lora_b_gradients_ref(db, du, lddu, dy, ldy, u, ldu, b, n, o, r, scale);
-    return;
 #endif
-    lora_b_scalar(db, du, lddu, dy, ldy, u, ldu, b, n, o, r, scale, r0);
+    qk_lora_b_gradients_ref(db, du, lddu, dy, ldy, u, ldu, b, n, o, r, scale);
 }
