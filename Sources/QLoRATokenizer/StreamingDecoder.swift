@@ -21,10 +21,25 @@ public struct StreamingDecoder: Sendable {
     private var prefix: [UInt8] = []
     private var prefixIndex = 0
 
-    /// - Parameter skipSpecialTokens: drop special tokens, as in `Tokenizer.decode`.
-    public init(tokenizer: Tokenizer, skipSpecialTokens: Bool = true) {
+    /// - Parameters:
+    ///   - skipSpecialTokens: drop special tokens, as in `Tokenizer.decode`.
+    ///   - prompt: ids the stream continues, whose text is already shown (whole characters).
+    ///     Without them the first generated token decodes as the start of a text:
+    ///     SentencePiece decoders strip its leading space, so "Once upon" + "▁a" would print
+    ///     "Once upona".
+    public init(tokenizer: Tokenizer, skipSpecialTokens: Bool = true, prompt: [Int] = []) {
         self.tokenizer = tokenizer
         self.skipSpecialTokens = skipSpecialTokens
+        // Streamed and dropped, so that the window ends where the prompt's text does: a
+        // shorter cut could start inside a run of byte-fallback pieces, which decodes
+        // differently alone. A prompt whose pieces do not decode consistently starts afresh.
+        do {
+            for id in prompt { _ = try append(id) }
+        } catch {
+            ids = []
+            prefix = []
+            prefixIndex = 0
+        }
     }
 
     /// Adds one generated id and returns the new text it completes, or nil when there is none

@@ -65,7 +65,7 @@ struct GenerateCommand: ParsableCommand {
 
         let out = FileHandle.standardOutput
         out.write(Data(prompt.utf8))
-        var stream = StreamingDecoder(tokenizer: tokenizer)
+        var stream = StreamingDecoder(tokenizer: tokenizer, prompt: ids.map(Int.init))
         let stops = Set(tokenizer.eosTokenIDs.map(Int32.init) + llama.configuration.eosTokenIDs.map(Int32.init))
         let result = try llama.generate(prompt: ids, maxTokens: maxTokens, sampler: &sampler, stopTokens: stops, cache: cache) { id in
             if let text = try stream.append(Int(id)) { out.write(Data(text.utf8)) }

@@ -56,4 +56,30 @@ import Testing
             }
         }
     }
+
+    /// A stream that continues a prompt: the prompt's text followed by the chunks is the
+    /// decode of prompt and continuation together, at every cut of each streamed case.
+    @Test(arguments: ReferenceTokenizers.names)
+    func streamingContinuesAPrompt(name: String) throws {
+        let reference = try #require(try LibraryReference.load().tokenizers[name])
+        let tokenizer = try ReferenceTokenizers.load(name)
+        var cuts = 0
+        for c in reference.streamCases {
+            let full = tokenizer.decode(c.ids, skipSpecialTokens: c.skipSpecial)
+            guard !full.unicodeScalars.contains("\u{FFFD}") else { continue }
+            for cut in 1..<max(c.ids.count, 1) {
+                let prompt = Array(c.ids[..<cut])
+                let shown = tokenizer.decode(prompt, skipSpecialTokens: c.skipSpecial)
+                // A cut inside a character: no text of whole characters to continue.
+                guard !shown.unicodeScalars.contains("\u{FFFD}") else { continue }
+                var stream = StreamingDecoder(tokenizer: tokenizer, skipSpecialTokens: c.skipSpecial, prompt: prompt)
+                var streamed = ""
+                for id in c.ids[cut...] { streamed += try stream.append(id) ?? "" }
+                streamed += stream.finish()
+                #expect(sameScalars(shown + streamed, full), "\(name): \(prompt) | \(Array(c.ids[cut...]))")
+                cuts += 1
+            }
+        }
+        #expect(cuts > 0)
+    }
 }

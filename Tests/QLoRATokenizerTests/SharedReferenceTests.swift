@@ -102,4 +102,22 @@ import _TestSupport
             #expect(sameScalars(streamed, text))
         }
     }
+
+    /// What `qlora generate` prints: the prompt, then the stream of the completion's ids. The
+    /// completion's first word keeps its space ("Once upon" + " a time", not "upona").
+    @Test func storiesStreamingAfterThePrompt() throws {
+        let tokenizer = try Tokenizer(directory: EmbeddedModel.directory)
+        var stream = StreamingDecoder(tokenizer: tokenizer, prompt: tokenizer.encode("Once upon"))
+        let rest = Array(tokenizer.encode("Once upon a time").dropFirst(tokenizer.encode("Once upon").count))
+        #expect(try rest.compactMap { try stream.append($0) }.joined() + stream.finish() == " a time")
+        for line in try FineTuningLine.load("valid") {
+            let ids = tokenizer.encode(line.prompt + line.completion)
+            let cut = tokenizer.encode(line.prompt).count
+            guard cut < ids.count, Array(ids[..<cut]) == tokenizer.encode(line.prompt) else { continue }
+            var stream = StreamingDecoder(tokenizer: tokenizer, prompt: Array(ids[..<cut]))
+            var streamed = ""
+            for id in ids[cut...] { streamed += try stream.append(id) ?? "" }
+            #expect(sameScalars(tokenizer.decode(Array(ids[..<cut])) + streamed + stream.finish(), tokenizer.decode(ids)))
+        }
+    }
 }
