@@ -13,10 +13,11 @@ extension LlamaModel {
 
     /// Builds the model from an opened checkpoint after validating it:
     /// embeddings, norms and biases in fp32, projections as `DenseLinear`.
+    /// A NaN or ±Inf weight is refused by name (`SafetensorsError.nonFinite`).
     public convenience init(checkpoint: HFCheckpoint) throws {
         try checkpoint.validate()
-        try self.init(configuration: checkpoint.configuration, tensor: { name, _ in try checkpoint.floats(name) }) { module, out, inFeatures in
-            DenseLinear(weight: try checkpoint.floats(module + ".weight"), outFeatures: out, inFeatures: inFeatures)
+        try self.init(configuration: checkpoint.configuration, tensor: { name, _ in try checkpoint.finiteFloats(name) }) { module, out, inFeatures in
+            DenseLinear(weight: try checkpoint.finiteFloats(module + ".weight"), outFeatures: out, inFeatures: inFeatures)
         }
     }
 

@@ -190,6 +190,11 @@ public final class HFCheckpoint: @unchecked Sendable {
         try location(of: name).file.floats(name)
     }
 
+    /// A floating tensor converted to fp32, refusing NaN and ±Inf (`SafetensorsFile.finiteFloats`).
+    public func finiteFloats(_ name: String) throws -> [Float] {
+        try location(of: name).file.finiteFloats(name)
+    }
+
     /// The tensors the quantizer packs (see `LlamaTensor.Kind.isLinearWeight`).
     public var linearWeights: [LlamaTensor] { configuration.tensorInventory.filter(\.kind.isLinearWeight) }
 

@@ -44,6 +44,16 @@ extension SafetensorsFile {
         }
     }
 
+    /// A whole floating tensor converted to fp32, for a model that computes with it.
+    /// - Throws: `SafetensorsError.nonFinite` with the flat index of the first NaN or ±Inf
+    ///   (which would turn every output it touches into NaN), and what `floats` throws.
+    public func finiteFloats(_ name: String) throws -> [Float] {
+        let values = try floats(name)
+        let k = values.withUnsafeBufferPointer { $0.isEmpty ? -1 : Int(qk_find_nonfinite($0.baseAddress!, Int64($0.count))) }
+        if k >= 0 { throw SafetensorsError.nonFinite(url, tensor: name, index: k, value: values[k]) }
+        return values
+    }
+
     /// Throws `SafetensorsError.nonFinite` with the flat index of the first NaN or
     /// ±Inf in `name`, scanning in fixed-size chunks.
     public func checkFinite(_ name: String) throws {

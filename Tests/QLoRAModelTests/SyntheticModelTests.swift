@@ -82,3 +82,25 @@ import _TestSupport
         #expect(y == [11, 22, 33, 13, 24, 37])
     }
 }
+
+/// A Hugging Face folder with a NaN or ±Inf weight: refused while loading, naming the file,
+/// the tensor and the element, instead of a model that silently computes NaN.
+@Suite struct NonFiniteWeightTests {
+    @Test(arguments: [("model.layers.0.self_attn.q_proj.weight", 2 * 128 + 10, Float.nan),
+                      ("model.norm.weight", 3, -Float.infinity)])
+    func refusedByName(tensor: String, index: Int, value: Float) throws {
+        let directory = try TemporaryDirectory("nonfinite")
+        defer { directory.remove() }
+        _ = try writeSyntheticModel(to: directory.url) { name, values in
+            if name == tensor { values[index] = value }
+        }
+        let error = #expect(throws: SafetensorsError.self) { try LlamaModel(directory: directory.url) }
+        guard case let .nonFinite(url, name, at, found)? = error else {
+            Issue.record("expected a non-finite error, got \(String(describing: error))")
+            return
+        }
+        #expect(url.lastPathComponent == "model.safetensors" && name == tensor && at == index)
+        #expect(found.isNaN == value.isNaN && (found.isNaN || found == value))
+        #expect(error?.localizedDescription.contains("model.safetensors: tensor \"\(tensor)\"") == true)
+    }
+}
