@@ -157,9 +157,9 @@ public enum ChatTemplateError: Error, LocalizedError, Equatable {
         case let .unrecognised(url):
             return "\(url.path): the model's chat_template is not one of the forms this engine renders (\(names)) and there is no Jinja engine here; pass --chat-template chatml (or another built-in) to choose one"
         case let .missing(url?):
-            return "\(url.path): the data holds chats but the model has no chat_template; pass --chat-template chatml (or \(names))"
+            return "\(url.path): the data holds chats but the model has no chat_template; pass --chat-template with one of \(names)"
         case .missing(nil):
-            return "the data holds chats but no chat template was given; pass --chat-template chatml (or \(names))"
+            return "the data holds chats but no chat template was given; pass --chat-template with one of \(names)"
         case let .unsupportedChat(template, reason):
             return "the \(template) chat template cannot render this chat: \(reason)"
         case let .malformedConfig(url, reason):
