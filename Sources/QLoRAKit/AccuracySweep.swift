@@ -303,7 +303,7 @@ public struct AccuracySweep: Sendable {
         return Report(records: records, finetune: finetuned, output: output,
                       files: (Self.resultFileNames + extra).map { output.appendingPathComponent($0) },
                       plots: (Self.plotFileNames + extraPlots).map { output.appendingPathComponent($0) },
-                      markdown: markdown, context: source.context, sequences: source.sequences.count)
+                      markdown: markdown, context: source.context, sequences: source.data.sequences.count)
     }
 
     // MARK: - Checks and measurements
@@ -323,7 +323,7 @@ public struct AccuracySweep: Sendable {
     }
 
     private struct Source {
-        var sequences: [[Int32]]
+        var data: EvaluationSet
         var context: Int
         var linearBits: Double
         var modelBits: Double
@@ -352,9 +352,9 @@ public struct AccuracySweep: Sendable {
         guard (2...c.maxPositionEmbeddings).contains(context) else {
             throw AccuracySweepError.invalidContext(context, limit: c.maxPositionEmbeddings)
         }
-        let tokens = sequences.reduce(0) { $0 + $1.count }
+        let tokens = sequences.tokenCount
         guard tokens >= context else { throw AccuracySweepError.tooFewTokens(data, tokens: tokens, context: context) }
-        return Source(sequences: sequences, context: context,
+        return Source(data: sequences, context: context,
                       linearBits: try bits(stored.filter(\.kind.isLinearWeight)), modelBits: try bits(stored))
     }
 
@@ -371,11 +371,11 @@ public struct AccuracySweep: Sendable {
     private func measure(_ url: URL, _ source: Source, comparing: () -> Void) throws -> Measurement {
         let canReset = ResidentMemory.resetPeak()
         let loaded = try LoadedModel(contentsOf: url)
-        let alone = try Evaluator(model: loaded.model, context: source.context).evaluate(source.sequences)
+        let alone = try Evaluator(model: loaded.model, context: source.context).evaluate(source.data)
         let peak = canReset ? ResidentMemory.sample().peak : nil
         comparing()
         let reference = try LoadedModel(contentsOf: model).model
-        let compared = try Evaluator(model: loaded.model, reference: reference, context: source.context).evaluate(source.sequences)
+        let compared = try Evaluator(model: loaded.model, reference: reference, context: source.context).evaluate(source.data)
         return Measurement(alone: alone, peak: peak, fileBytes: loaded.weightFileBytes,
                            klDivergence: compared.klDivergence ?? 0, top1Agreement: compared.top1Agreement ?? 0)
     }

@@ -1,11 +1,40 @@
 import Foundation
 
-/// Token sequences to evaluate, read from a file in one of two forms:
+/// Token sequences to evaluate and, for data in the training formats, which of
+/// their tokens count (`Evaluator.evaluate(_:scored:)`).
+public struct EvaluationSet: Sendable, Equatable {
+    public var sequences: [[Int32]]
+    /// Per sequence, one flag per token; nil scores every token after a sequence's first.
+    public var scored: [[Bool]]?
+
+    public init(sequences: [[Int32]], scored: [[Bool]]? = nil) {
+        self.sequences = sequences
+        self.scored = scored
+    }
+
+    public var tokenCount: Int { sequences.reduce(0) { $0 + $1.count } }
+}
+
+extension Evaluator {
+    /// Scores `data` (every token after a sequence's first, or those it marks).
+    public func evaluate(_ data: EvaluationSet) throws -> EvaluationResult {
+        try evaluate(data.sequences, scored: data.scored)
+    }
+}
+
+/// Evaluation data, read from a file in one of these forms:
 ///
 /// - JSON lines (the first non-blank character of the file is "{"): one
 ///   object per line, either {"text": "..."} (tokenized on its own, with the
 ///   tokenizer's special tokens, BOS for Llama) or {"input_ids": [...]} (used
-///   as given). Blank lines are skipped.
+///   as given); every token after a sequence's first is scored. Blank lines
+///   are skipped.
+/// - JSON lines in the fine-tuning formats, told by the first line's keys:
+///   {"prompt": ..., "completion": ...} or {"messages": [...]}. Each line is
+///   tokenized as training does (`ExampleBuilder`: EOS after completions,
+///   the chat template's turns) and only what training's loss counts is
+///   scored: completions and assistant turns. So a validation file gives the
+///   validation loss a training run reports.
 /// - Plain text otherwise: the whole file is one text, tokenized once with
 ///   BOS; the evaluator cuts it into context windows.
 public enum EvaluationData {
@@ -13,10 +42,14 @@ public enum EvaluationData {
     ///   - vocabularySize: ids must lie in 0..<vocabularySize.
     ///   - tokenizer: called once, and only when there is text to tokenize
     ///     ("input_ids" lines do without).
+    ///   - chatTemplate: renders "messages" lines.
+    ///   - appendEOS: end completions with EOS, as training does by default.
     /// - Throws: `EvaluationDataError` naming the file (and line) for
     ///   unreadable or malformed data, ids outside the vocabulary, and data
-    ///   with no sequence of at least 2 tokens; what `tokenizer` throws.
-    public static func load(_ url: URL, vocabularySize: Int, tokenizer: () throws -> Tokenizer) throws -> [[Int32]] {
+    ///   with no sequence of at least 2 tokens; `DatasetError` and
+    ///   `ChatTemplateError` for the fine-tuning formats; what `tokenizer` throws.
+    public static func load(_ url: URL, vocabularySize: Int, chatTemplate: ChatTemplate? = nil, appendEOS: Bool = true,
+                            tokenizer: () throws -> Tokenizer) throws -> EvaluationSet {
         let data: Data
         do {
             data = try Data(contentsOf: url)
@@ -32,7 +65,14 @@ public enum EvaluationData {
         }
         var sequences: [[Int32]] = []
         if text.first(where: { !$0.isWhitespace }) == "{" {
-            for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+            if let first = lines.first(where: { !$0.allSatisfy(\.isWhitespace) }),
+               let object = try? JSONSerialization.jsonObject(with: Data(first.utf8)) as? [String: Any],
+               ["prompt", "completion", "messages"].contains(where: { object[$0] != nil }) {
+                return try fineTuning(data, source: url, vocabularySize: vocabularySize, chatTemplate: chatTemplate,
+                                      appendEOS: appendEOS, tokenizer: tokenizer())
+            }
+            for (index, line) in lines.enumerated() {
                 let number = index + 1
                 guard !line.allSatisfy(\.isWhitespace) else { continue }
                 guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
@@ -51,7 +91,7 @@ public enum EvaluationData {
                         return Int32(id)
                     })
                 } else {
-                    throw EvaluationDataError.invalidLine(url, line: number, reason: "the object has neither a \"text\" string nor an \"input_ids\" array")
+                    throw EvaluationDataError.invalidLine(url, line: number, reason: "the object has neither a \"text\" string nor an \"input_ids\" array (a file of \"prompt\"/\"completion\" or \"messages\" lines starts with one)")
                 }
             }
         } else {
@@ -61,7 +101,18 @@ public enum EvaluationData {
         guard sequences.contains(where: { $0.count >= 2 }) else {
             throw EvaluationDataError.tooFewTokens(url, tokens: tokens, sequences: sequences.count)
         }
-        return sequences
+        return EvaluationSet(sequences: sequences)
+    }
+
+    /// Lines in the fine-tuning formats, scored where training's loss is.
+    private static func fineTuning(_ data: Data, source: URL, vocabularySize: Int, chatTemplate: ChatTemplate?,
+                                   appendEOS: Bool, tokenizer: Tokenizer) throws -> EvaluationSet {
+        let records = try data.withUnsafeBytes { try JSONLines.parse($0, source: source) }
+        let options = ExampleOptions(maxSequenceLength: Int(Int32.max), appendEOS: appendEOS)
+        let builder = ExampleBuilder(tokenizer: tokenizer, options: options, chatTemplate: chatTemplate, vocabularySize: vocabularySize)
+        let examples = try builder.prepare(records, source: source).examples
+        return EvaluationSet(sequences: examples.map(\.inputIDs),
+                             scored: examples.map { $0.labels.map { $0 != TrainingExample.ignoreIndex } })
     }
 }
 

@@ -49,6 +49,17 @@ public struct LoadedModel {
         return try Tokenizer(files: files, source: url)
     }
 
+    /// The chat template the folder or the packed file's embedded files carry, if any.
+    /// - Throws: `ChatTemplateError` naming the file when one is there but unusable.
+    public func chatTemplate() throws -> ChatTemplate? {
+        guard let checkpoint else { return try ChatTemplate.fromModel(directory: url) }
+        var files: [String: Data] = [:]
+        for file in checkpoint.files where ChatTemplate.modelFileNames.contains(file.name) {
+            files[file.name] = try checkpoint.embeddedFile(file.name)
+        }
+        return try ChatTemplate.fromModel(files: files, source: url)
+    }
+
     /// Bytes of the model's weights on disk: the packed file, or the folder's safetensors files.
     public var weightFileBytes: Int {
         if let checkpoint { return checkpoint.file.size }

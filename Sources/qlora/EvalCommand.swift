@@ -11,16 +11,24 @@ struct EvalCommand: ParsableCommand {
         abstract: "Measure next-token cross-entropy and perplexity on a data file, optionally against a reference model.",
         discussion: """
         FILE is plain text (one document, tokenized with BOS) or JSON lines of {"text": ...} or \
-        {"input_ids": [...]}, one sequence each. A sequence longer than --context is cut into windows of \
-        --context tokens overlapping by one, each run from an empty cache, so every token after a \
-        sequence's first is scored once.
+        {"input_ids": [...]}, one sequence each, every token after its first scored. JSON lines in the \
+        fine-tuning formats ({"prompt": ..., "completion": ...} or {"messages": [...]}, as `train` reads \
+        them) are scored where training's loss is: completions and assistant turns, so a valid.jsonl gives \
+        the validation loss `train` reports. A sequence longer than --context is cut into windows of \
+        --context tokens overlapping by one, each run from an empty cache, so every token is scored once.
         """
     )
 
     @OptionGroup var model: ModelOptions
 
-    @Option(help: "The data: plain text, or JSON lines with \"text\" or \"input_ids\".")
+    @Option(help: "The data: plain text, or JSON lines with \"text\", \"input_ids\", \"prompt\"/\"completion\" or \"messages\".")
     var data: String
+
+    @Option(name: .customLong("chat-template"), help: "Chat template for \"messages\" data: chatml, llama-2 or zephyr (default: the model's own, if recognised).")
+    var chatTemplate: String?
+
+    @Flag(name: .customLong("no-eos"), help: "Do not end completions with the end-of-sequence token (for data trained with --no-eos).")
+    var noEOS = false
 
     @Option(help: "A reference model (folder or packed file, same vocabulary): also report KL(reference ‖ model) and top-1 agreement.")
     var reference: String?
@@ -33,13 +41,26 @@ struct EvalCommand: ParsableCommand {
 
     @OptionGroup var compute: ComputeThreads
 
+    func validate() throws {
+        if let chatTemplate {
+            do { _ = try ChatTemplate.named(chatTemplate) } catch { throw ValidationError(error.localizedDescription) }
+        }
+    }
+
     func run() throws {
         try compute.apply()
         let loaded = try model.load()
         let referenceModel = try reference.map { try LoadedModel(contentsOf: URL(fileURLWithPath: $0)).model }
         let dataURL = URL(fileURLWithPath: data)
-        let sequences = try EvaluationData.load(dataURL, vocabularySize: loaded.model.configuration.vocabularySize,
-                                                tokenizer: loaded.tokenizer)
+        let template = Result { try chatTemplate.map(ChatTemplate.named) ?? loaded.chatTemplate() }
+        let sequences: EvaluationSet
+        do {
+            sequences = try EvaluationData.load(dataURL, vocabularySize: loaded.model.configuration.vocabularySize,
+                                                chatTemplate: try? template.get(), appendEOS: !noEOS, tokenizer: loaded.tokenizer)
+        } catch let error as ChatTemplateError {
+            if case .missing = error { _ = try template.get() } // the model's template is there but unusable: say why
+            throw error
+        }
         let evaluator = try Evaluator(model: loaded.model, reference: referenceModel, context: context)
         let result = try evaluator.evaluate(sequences)
         if json {
@@ -48,7 +69,7 @@ struct EvalCommand: ParsableCommand {
             return
         }
         print(String(format: "loss %.6f, perplexity %.4f over %d tokens (%d sequences, context %d) in %.2f s, %.1f tokens/s",
-                     result.loss, result.perplexity, result.tokens, sequences.count, evaluator.context, result.seconds, result.tokensPerSecond))
+                     result.loss, result.perplexity, result.tokens, sequences.sequences.count, evaluator.context, result.seconds, result.tokensPerSecond))
         if let kl = result.klDivergence, let top1 = result.top1Agreement {
             print(String(format: "against %@: KL divergence %.6f nats/token, top-1 agreement %.4f", reference!, kl, top1))
         }

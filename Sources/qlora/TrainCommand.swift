@@ -48,7 +48,7 @@ struct TrainCommand: ParsableCommand {
         let loaded = try LoadedModel(contentsOf: URL(fileURLWithPath: model))
         let tokenizer = try loaded.tokenizer()
         // The model's own chat template matters only for chat data: its error waits until then.
-        let template = Result { try Self.chatTemplate(of: loaded) }
+        let template = Result { try loaded.chatTemplate() }
         let trainer: Trainer
         do {
             trainer = try Trainer(model: loaded.model, tokenizer: tokenizer, dataset: URL(fileURLWithPath: data),
@@ -63,18 +63,6 @@ struct TrainCommand: ParsableCommand {
         reporter.describe(trainer, model: loaded)
         let summary = try reporter.run(trainer, resume: resume)
         reporter.conclude(summary)
-    }
-}
-
-extension TrainCommand {
-    /// The chat template a model folder or a packed file's embedded files carry, if any.
-    static func chatTemplate(of loaded: LoadedModel) throws -> ChatTemplate? {
-        guard let checkpoint = loaded.checkpoint else { return try ChatTemplate.fromModel(directory: loaded.url) }
-        var files: [String: Data] = [:]
-        for file in checkpoint.files where ChatTemplate.modelFileNames.contains(file.name) {
-            files[file.name] = try checkpoint.embeddedFile(file.name)
-        }
-        return try ChatTemplate.fromModel(files: files, source: loaded.url)
     }
 }
 
@@ -149,7 +137,7 @@ struct TrainingOptions: ParsableArguments {
     @Option(name: .customLong("keep-checkpoints"), help: "How many of the newest checkpoints to keep.")
     var keepCheckpoints = 2
 
-    @Option(name: .customLong("chat-template"), help: "Chat template for chat data: chatml, llama2 or zephyr (default: the model's own, if recognised).")
+    @Option(name: .customLong("chat-template"), help: "Chat template for chat data: chatml, llama-2 or zephyr (default: the model's own, if recognised).")
     var chatTemplate: String?
 
     @Flag(name: .customLong("loss-on-prompt"), help: "Train on prompts and user turns too, not only on completions and assistant turns.")

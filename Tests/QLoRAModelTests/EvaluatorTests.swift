@@ -10,7 +10,7 @@ import _TestSupport
         let loaded = try LoadedModel(contentsOf: EmbeddedModel.directory)
         let data = try EvaluationData.load(Fixtures.url("model/stories260K/generated_stories.jsonl"),
                                            vocabularySize: loaded.model.configuration.vocabularySize, tokenizer: loaded.tokenizer)
-        #expect(data.count == 200)
+        #expect(data.sequences.count == 200 && data.scored == nil)
         let result = try Evaluator(model: loaded.model).evaluate(data)
         #expect(result.tokens == 50_479)
         #expect(abs(result.loss - 1.300854928598487) <= 2e-5)
@@ -38,6 +38,55 @@ import _TestSupport
         let result = try Evaluator(model: model, context: 16).evaluate([ids])
         #expect(count == ids.count - 1 && result.tokens == count)
         #expect(abs(result.loss - sum / Double(count)) <= 1e-5)
+    }
+
+    /// With a mask, only the marked tokens count, window by window: the same
+    /// figure as the training forward with the unmarked targets ignored.
+    @Test func onlyMarkedTokensAreScored() throws {
+        let model = try LlamaModel(directory: Reference.tinyLlama), ids = Reference.expected.seq2
+        // Tokens 20-22 left out make a 16-token window (15..<31) score fewer tokens;
+        // the window 30..<37 scores none and is skipped.
+        let scored = ids.indices.map { $0 % 3 != 0 && !(20...22).contains($0) && $0 < 30 }
+        var sum = 0.0, count = 0
+        for window in Evaluator.windows(count: ids.count, context: 16) {
+            var batch = TokenBatch(sequences: [Array(ids[window])])
+            for (i, t) in window.dropLast().enumerated() where !scored[t + 1] { batch.targets![i] = -100 }
+            guard batch.targets!.contains(where: { $0 != -100 }) else { continue }
+            let loss = try #require(try model.forward(batch))
+            sum += loss.sum
+            count += loss.count
+        }
+        let result = try Evaluator(model: model, context: 16).evaluate([ids], scored: [scored])
+        #expect(result.tokens == scored.dropFirst().filter { $0 }.count && result.tokens == count)
+        #expect(abs(result.loss - sum / Double(count)) <= 1e-5)
+
+        let evaluator = try Evaluator(model: model, context: 16)
+        #expect(throws: GenerationError.self) { try evaluator.evaluate([ids], scored: [Array(scored.dropLast())]) }
+        #expect(throws: GenerationError.self) { try evaluator.evaluate([ids], scored: [[Bool](repeating: false, count: ids.count)]) }
+    }
+
+    /// The fine-tuning formats are scored where training's loss is: the
+    /// embedded valid.jsonl gives the validation loss of a training run (the
+    /// training forward over each example, its prompt's targets ignored).
+    @Test func fineTuningDataGivesTheValidationLoss() throws {
+        let loaded = try LoadedModel(contentsOf: EmbeddedModel.directory)
+        let url = EmbeddedModel.directory.appendingPathComponent("valid.jsonl")
+        let data = try EvaluationData.load(url, vocabularySize: 512, tokenizer: loaded.tokenizer)
+        let examples = try TrainingData(url: url, tokenizer: loaded.tokenizer(), configuration: TrainingConfiguration(),
+                                        vocabularySize: 512).train.examples
+        #expect(data.sequences == examples.map(\.inputIDs))
+        #expect(data.scored == examples.map { $0.labels.map { $0 != TrainingExample.ignoreIndex } })
+        var sum = 0.0, count = 0
+        for example in examples {
+            let n = example.inputIDs.count
+            let loss = try #require(try loaded.model.forward(TokenBatch(tokens: example.inputIDs, batchSize: 1, length: n,
+                targets: TokenBatch.targets(fromLabels: example.labels, batchSize: 1, length: n))))
+            sum += loss.sum
+            count += loss.count
+        }
+        let result = try Evaluator(model: loaded.model).evaluate(data)
+        #expect(result.tokens == count && count < data.tokenCount - data.sequences.count)
+        #expect(abs(result.loss - sum / Double(count)) <= 1e-5 * (sum / Double(count)))
     }
 
     /// KL(reference ‖ model) and top-1 agreement of the packed NF4 model
@@ -97,7 +146,7 @@ import _TestSupport
     }
 
     func load(_ url: URL) throws -> [[Int32]] {
-        try EvaluationData.load(url, vocabularySize: 512) { try Tokenizer(directory: EmbeddedModel.directory) }
+        try EvaluationData.load(url, vocabularySize: 512) { try Tokenizer(directory: EmbeddedModel.directory) }.sequences
     }
 
     @Test func dataFormsAreReadAsDocumented() throws {
@@ -105,6 +154,17 @@ import _TestSupport
         let lines = try file("data.jsonl", "{\"input_ids\": [1, 403, 407]}\n\n{\"text\": \"Once upon a time\"}\n")
         #expect(try load(lines) == [[1, 403, 407], [1, 403, 407, 261, 378]])
         #expect(try load(try file("data.txt", "Once upon a time")) == [[1, 403, 407, 261, 378]])
+        // A chat: only the assistant's turn (and its end) is scored, as in training.
+        let chat = try file("chat.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"Once\"}, {\"role\": \"assistant\", \"content\": \"upon a time\"}]}\n")
+        let tokenizer = try Tokenizer(directory: EmbeddedModel.directory)
+        let template = try ChatTemplate.named("chatml")
+        let data = try EvaluationData.load(chat, vocabularySize: 512, chatTemplate: template) { tokenizer }
+        let example = try ExampleBuilder(tokenizer: tokenizer, options: ExampleOptions(), chatTemplate: template)
+            .encode(JSONLines.read(chat)[0]).0
+        #expect(data.sequences == [example.inputIDs])
+        #expect(data.scored == [example.labels.map { $0 != TrainingExample.ignoreIndex }])
+        let scored = try #require(data.scored?.first)
+        #expect(scored.contains(true) && scored.contains(false))
     }
 
     @Test func tokenIDsOutsideTheVocabularyNameTheFileAndLine() throws {
@@ -120,8 +180,15 @@ import _TestSupport
         defer { directory.remove() }
         let url = try file("bad.jsonl", "{\"text\": \"a\"}\n{\"text\": \"b\"\n")
         #expect(throws: EvaluationDataError.invalidLine(url, line: 2, reason: "not a JSON object")) { try load(url) }
-        let other = try file("other.jsonl", "{\"prompt\": \"a\"}\n")
+        let other = try file("other.jsonl", "{\"values\": [1]}\n")
         #expect(throws: EvaluationDataError.self) { try load(other) }
+        // The fine-tuning formats are read as training reads them, with its errors.
+        let half = try file("half.jsonl", "{\"prompt\": \"a\", \"completion\": \" b\"}\n{\"prompt\": \"a\"}\n")
+        #expect(throws: DatasetError.invalidLine(half, line: 2, reason: "missing key \"completion\"")) { try load(half) }
+        let chat = try file("chat.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n")
+        #expect(throws: ChatTemplateError.missing(nil)) { try load(chat) }
+        let mixed = try file("mixed.jsonl", "{\"text\": \"a b\"}\n{\"prompt\": \"a\", \"completion\": \" b\"}\n")
+        #expect(throws: EvaluationDataError.self) { try load(mixed) }
         let fractional = try file("fraction.jsonl", "{\"input_ids\": [1, 2.5]}\n")
         #expect(throws: EvaluationDataError.self) { try load(fractional) }
     }

@@ -78,25 +78,42 @@ public final class Evaluator {
         return stride(from: 0, to: count - 1, by: context - 1).map { $0..<min(count, $0 + context) }
     }
 
-    /// Scores every token of every sequence after its first.
-    /// - Throws: `GenerationError.invalidEvaluation` when no sequence has two
-    ///   tokens, `.tokenOutOfVocabulary` for an id outside the vocabulary.
-    public func evaluate(_ sequences: [[Int32]]) throws -> EvaluationResult {
+    /// Scores every token of every sequence after its first, or with `scored`
+    /// only the tokens it marks (a completion's, an assistant's turns: what
+    /// training's validation loss counts); windows with none are skipped.
+    /// - Parameter scored: per sequence, one flag per token (the first token's is ignored).
+    /// - Throws: `GenerationError.invalidEvaluation` when no token is left to
+    ///   score or a mask does not match its sequence, `.tokenOutOfVocabulary`
+    ///   for an id outside the vocabulary.
+    public func evaluate(_ sequences: [[Int32]], scored: [[Bool]]? = nil) throws -> EvaluationResult {
         let v = model.configuration.vocabularySize
         for sequence in sequences {
             if let i = sequence.firstIndex(where: { $0 < 0 || Int($0) >= v }) {
                 throw GenerationError.tokenOutOfVocabulary(token: sequence[i], index: i, vocabularySize: v)
             }
         }
-        let available = sequences.reduce(0) { $0 + max(0, $1.count - 1) }
+        if let scored, scored.count != sequences.count || zip(scored, sequences).contains(where: { $0.count != $1.count }) {
+            throw GenerationError.invalidEvaluation("the scoring masks do not match the sequences (one flag per token)")
+        }
+        let available = sequences.indices.reduce(0) { total, s in
+            total + (scored.map { $0[s].dropFirst().filter { $0 }.count } ?? max(0, sequences[s].count - 1))
+        }
         guard available > 0 else {
-            throw GenerationError.invalidEvaluation("the data holds \(sequences.reduce(0) { $0 + $1.count }) tokens in \(sequences.count) sequences; at least one sequence needs 2 tokens (one to predict from, one to predict)")
+            throw GenerationError.invalidEvaluation(scored == nil
+                ? "the data holds \(sequences.reduce(0) { $0 + $1.count }) tokens in \(sequences.count) sequences; at least one sequence needs 2 tokens (one to predict from, one to predict)"
+                : "no token after a sequence's first is marked to be scored")
         }
         let started = ContinuousClock.now
         var totals = Totals()
-        for sequence in sequences {
+        for (s, sequence) in sequences.enumerated() {
             for window in Self.windows(count: sequence.count, context: context) {
-                try score(Array(sequence[window]), into: &totals)
+                guard let flags = scored?[s][window] else {
+                    try score(Array(sequence[window]), scored: nil, into: &totals)
+                    continue
+                }
+                // Causal: the tokens after the last scored one change nothing before it.
+                guard let last = flags.dropFirst().lastIndex(of: true) else { continue }
+                try score(Array(sequence[window.lowerBound...last]), scored: Array(flags[...last]), into: &totals)
             }
         }
         let seconds = (ContinuousClock.now - started) / .seconds(1)
@@ -114,8 +131,9 @@ public final class Evaluator {
         var tokens = 0
     }
 
-    /// Runs one window chunk by chunk; row r's logits predict token r + 1.
-    private func score(_ window: [Int32], into totals: inout Totals) throws {
+    /// Runs one window chunk by chunk; row r's logits predict token r + 1,
+    /// counted when `scored` (if any) marks that token.
+    private func score(_ window: [Int32], scored: [Bool]?, into totals: inout Totals) throws {
         cache.reset()
         referenceCache?.reset()
         let v = model.configuration.vocabularySize
@@ -127,14 +145,14 @@ public final class Evaluator {
             logits.withUnsafeBufferPointer { l in
                 rows.withUnsafeMutableBufferPointer { out in
                     Parallel.forEachChunk(chunk.count) { _, range in
-                        for r in range {
+                        for r in range where scored?[start + r + 1] ?? true {
                             let target = Int(window[start + r + 1])
                             out[r] = Self.row(l.baseAddress! + r * v, target: target, reference: referenceLogits, at: r * v, count: v)
                         }
                     }
                 }
             }
-            for row in rows {
+            for (r, row) in rows.enumerated() where scored?[start + r + 1] ?? true {
                 totals.loss += row.loss
                 totals.kl += row.kl
                 totals.agreements += row.agrees ? 1 : 0
