@@ -8,6 +8,8 @@ public enum StopReason: String, Sendable, Codable {
     case maxTokens = "max_tokens"
     /// The KV cache, sized to the context, is full.
     case contextFull = "context_full"
+    /// The caller's `onToken` ended it (a stop string in the text, say).
+    case stopped
 }
 
 /// What a generation produced and how long its two phases took.
@@ -33,14 +35,15 @@ extension LlamaModel {
     /// over the prompt into a KV cache, then one single-token pass per new
     /// token, each sampled by `sampler` from the latest logits. Stops after a
     /// token in `stopTokens`, or when the cache is full. `onToken` sees each
-    /// token as it is produced (to stream text); it may throw to stop.
+    /// token as it is produced (to stream text) and returns whether to go on;
+    /// it may also throw.
     ///
     /// - Parameter cache: reused when given (it is reset first), otherwise one
     ///   is made for prompt + maxTokens tokens, at most the model's context.
     /// - Throws: `GenerationError.emptyPrompt`, `.promptTooLong` when the
     ///   prompt exceeds the cache, `.tokenOutOfVocabulary`.
     public func generate(prompt: [Int32], maxTokens: Int, sampler: inout Sampler, stopTokens: Set<Int32> = [],
-                         cache: KVCache? = nil, onToken: (Int32) throws -> Void = { _ in }) throws -> GenerationResult {
+                         cache: KVCache? = nil, onToken: (Int32) throws -> Bool = { _ in true }) throws -> GenerationResult {
         guard !prompt.isEmpty else { throw GenerationError.emptyPrompt }
         guard maxTokens >= 0 else { throw GenerationError.invalidSampling("cannot generate \(maxTokens) tokens") }
         let context = cache?.capacity ?? configuration.maxPositionEmbeddings
@@ -58,7 +61,10 @@ extension LlamaModel {
         while true {
             let next = sampler.sample(logits)
             result.tokens.append(next)
-            try onToken(next)
+            if try !onToken(next) {
+                result.stopReason = .stopped
+                break
+            }
             if stopTokens.contains(next) {
                 result.stopReason = .stopToken
                 break

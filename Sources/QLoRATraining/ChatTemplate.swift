@@ -117,10 +117,32 @@ public struct ChatTemplate: Hashable, Sendable, CustomStringConvertible {
         return out
     }
 
+    /// The pieces of `messages`, then the header of the assistant's turn, for a model to
+    /// write that turn (apply_chat_template(add_generation_prompt=True)). Llama-2 has no
+    /// header: the reply follows the user's [/INST].
+    /// - Throws: `ChatTemplateError.unsupportedChat` as `pieces`, and for llama-2 when the
+    ///   last message is not the user's.
+    public func generationPieces(for messages: [ChatMessage]) throws -> [ChatPiece] {
+        var out = try pieces(for: messages)
+        switch family {
+        case .chatML:
+            out.append(.text("<|im_start|>assistant\n", trained: false))
+        case .zephyr:
+            out.append(.text("<|assistant|>\n", trained: false))
+        case .llama2:
+            guard messages.last?.role == .user else { throw ChatTemplateError.unsupportedChat(self, "a reply must follow a user message") }
+        }
+        return out
+    }
+
+    /// Text that ends the assistant's turn where the template writes it as text rather
+    /// than as the EOS token: ChatML's "<|im_end|>".
+    public var turnEnd: String? { family == .chatML ? "<|im_end|>" : nil }
+
     /// The chat as one string, BOS and EOS written as `bosToken` and `eosToken`
-    /// (what apply_chat_template(tokenize=False) returns).
-    public func render(_ messages: [ChatMessage], bosToken: String, eosToken: String) throws -> String {
-        try pieces(for: messages).map { piece in
+    /// (what apply_chat_template(tokenize=False, add_generation_prompt=...) returns).
+    public func render(_ messages: [ChatMessage], bosToken: String, eosToken: String, generationPrompt: Bool = false) throws -> String {
+        try (generationPrompt ? generationPieces(for: messages) : pieces(for: messages)).map { piece in
             switch piece {
             case let .text(s, _): s
             case .bos: bosToken
@@ -157,9 +179,9 @@ public enum ChatTemplateError: Error, LocalizedError, Equatable {
         case let .unrecognised(url):
             return "\(url.path): the model's chat_template is not one of the forms this engine renders (\(names)) and there is no Jinja engine here; pass --chat-template chatml (or another built-in) to choose one"
         case let .missing(url?):
-            return "\(url.path): the data holds chats but the model has no chat_template; pass --chat-template with one of \(names)"
+            return "\(url.path): the model has no chat_template to render chats with; pass --chat-template with one of \(names)"
         case .missing(nil):
-            return "the data holds chats but no chat template was given; pass --chat-template with one of \(names)"
+            return "chats need a chat template and none was given; pass --chat-template with one of \(names)"
         case let .unsupportedChat(template, reason):
             return "the \(template) chat template cannot render this chat: \(reason)"
         case let .malformedConfig(url, reason):

@@ -167,30 +167,12 @@ public struct ExampleBuilder {
             if options.appendEOS, let eos, ids.last != eos { ids.append(eos); trained.append(true) }
         case let .chat(messages):
             guard let chatTemplate else { throw ChatTemplateError.missing(nil) }
-            let pieces: [ChatPiece]
             do {
-                pieces = try chatTemplate.pieces(for: messages)
+                let chat = try tokenize(chatTemplate.pieces(for: messages), template: chatTemplate)
+                (ids, trained, merged) = (chat.ids, chat.trained, chat.merged)
             } catch let ChatTemplateError.unsupportedChat(template, reason) {
                 throw DatasetError.unsupportedChat(record.source, line: record.line, template: template.description, reason: reason)
             }
-            var run: [(text: String, trained: Bool)] = []
-            for piece in pieces {
-                switch piece {
-                case let .text(text, t):
-                    run.append((text, t || options.lossOnPrompt))
-                case .bos, .eos:
-                    try append(run, special: false)
-                    run = []
-                    let id = piece == .bos ? tokenizer.bosTokenID : eos
-                    guard let id else {
-                        throw DatasetError.unsupportedChat(record.source, line: record.line, template: chatTemplate.description,
-                                                           reason: "it needs a \(piece == .bos ? "BOS" : "EOS") token the tokenizer does not have")
-                    }
-                    ids.append(id)
-                    if case let .eos(t) = piece { trained.append(t || options.lossOnPrompt) } else { trained.append(options.lossOnPrompt) }
-                }
-            }
-            try append(run, special: false)
         }
         let limit = min(vocabularySize ?? Int(Int32.max), Int(Int32.max))
         if let bad = ids.first(where: { $0 < 0 || $0 >= limit }) {
@@ -200,6 +182,45 @@ public struct ExampleBuilder {
         let inputIDs = ids.map { Int32($0) }
         let labels = zip(inputIDs, trained).map { $1 ? $0 : TrainingExample.ignoreIndex }
         return (TrainingExample(inputIDs: inputIDs, labels: labels), merged)
+    }
+
+    /// The ids that prompt a model for the assistant's reply to `messages`: the chat
+    /// rendered as in training, then the header of the assistant's turn
+    /// (`ChatTemplate.generationPieces`).
+    /// - Throws: `ChatTemplateError.missing` without a template, `.unsupportedChat`.
+    public func replyPrompt(_ messages: [ChatMessage]) throws -> [Int32] {
+        guard let chatTemplate else { throw ChatTemplateError.missing(nil) }
+        return try tokenize(chatTemplate.generationPieces(for: messages), template: chatTemplate).ids.map { Int32($0) }
+    }
+
+    /// A rendered chat's ids: text pieces tokenized in runs (without special tokens; the
+    /// template places BOS and EOS), each token flagged as its piece is.
+    private func tokenize(_ pieces: [ChatPiece], template: ChatTemplate) throws -> (ids: [Int], trained: [Bool], merged: Int) {
+        var ids: [Int] = [], trained: [Bool] = []
+        var merged = 0
+        var run: [(text: String, trained: Bool)] = []
+        func flush() throws {
+            let r = try tokenizeRun(run, addSpecialTokens: false)
+            ids += r.ids
+            trained += r.trained
+            merged += r.merged
+            run = []
+        }
+        for piece in pieces {
+            switch piece {
+            case let .text(text, t):
+                run.append((text, t || options.lossOnPrompt))
+            case .bos, .eos:
+                try flush()
+                guard let id = piece == .bos ? tokenizer.bosTokenID : tokenizer.eosTokenIDs.first else {
+                    throw ChatTemplateError.unsupportedChat(template, "it needs a \(piece == .bos ? "BOS" : "EOS") token the tokenizer does not have")
+                }
+                ids.append(id)
+                if case let .eos(t) = piece { trained.append(t || options.lossOnPrompt) } else { trained.append(options.lossOnPrompt) }
+            }
+        }
+        try flush()
+        return (ids, trained, merged)
     }
 
     /// Tokenizes the concatenated pieces once and marks each token with the flag of

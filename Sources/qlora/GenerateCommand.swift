@@ -12,8 +12,17 @@ struct GenerateCommand: ParsableCommand {
 
     @OptionGroup var model: ModelOptions
 
-    @Option(help: "The text to continue (the tokenizer adds BOS as the model expects).")
+    @Option(help: "The text to continue (the tokenizer adds BOS as the model expects), or with --chat the user's message.")
     var prompt: String
+
+    @Flag(help: "Chat: send --prompt as a user's message through the chat template and print the assistant's reply, which ends with its turn.")
+    var chat = false
+
+    @Option(name: .customLong("chat-template"), help: "Chat template for --chat: chatml, llama-2 or zephyr (default: the model's own, if recognised).")
+    var chatTemplate: String?
+
+    @Option(help: "A system message for --chat.")
+    var system: String?
 
     @Option(name: .customLong("max-tokens"), help: "Tokens to generate at most.")
     var maxTokens = 128
@@ -37,6 +46,10 @@ struct GenerateCommand: ParsableCommand {
 
     func validate() throws {
         guard maxTokens > 0 else { throw ValidationError("--max-tokens must be positive, not \(maxTokens)") }
+        if !chat && (chatTemplate != nil || system != nil) { throw ValidationError("--chat-template and --system need --chat") }
+        if let chatTemplate {
+            do { _ = try ChatTemplate.named(chatTemplate) } catch { throw ValidationError(error.localizedDescription) }
+        }
         do {
             _ = try Sampler(temperature: temperature, topP: topP)
         } catch {
@@ -49,8 +62,25 @@ struct GenerateCommand: ParsableCommand {
         let loaded = try model.load()
         let llama = loaded.model, tokenizer = try loaded.tokenizer()
         let context = llama.configuration.maxPositionEmbeddings
-        let (ids, dropped) = try LlamaModel.fitPrompt(tokenizer.encode(prompt).map(Int32.init), context: context,
-                                                      maxTokens: maxTokens, truncate: truncatePrompt)
+        var stops = Set(tokenizer.eosTokenIDs.map(Int32.init) + llama.configuration.eosTokenIDs.map(Int32.init))
+        var stopText = StopText([])
+        let promptIDs: [Int32]
+        if chat {
+            guard let template = try chatTemplate.map(ChatTemplate.named) ?? loaded.chatTemplate() else {
+                throw ChatTemplateError.missing(loaded.url)
+            }
+            let messages = (system.map { [ChatMessage(role: .system, content: $0)] } ?? []) + [ChatMessage(role: .user, content: prompt)]
+            promptIDs = try ExampleBuilder(tokenizer: tokenizer, options: ExampleOptions(), chatTemplate: template).replyPrompt(messages)
+            if let end = template.turnEnd {
+                // A marker the tokenizer holds as one token stops on that token, any other on its text.
+                let marker = tokenizer.encode(end, addSpecialTokens: false)
+                if marker.count == 1 { stops.insert(Int32(marker[0])) }
+                stopText = StopText([end])
+            }
+        } else {
+            promptIDs = tokenizer.encode(prompt).map(Int32.init)
+        }
+        let (ids, dropped) = try LlamaModel.fitPrompt(promptIDs, context: context, maxTokens: maxTokens, truncate: truncatePrompt)
         if dropped > 0 { log("truncated the prompt: dropped its first \(dropped) tokens to fit the context of \(context)") }
         let cache = try KVCache(model: llama, capacity: min(context, ids.count + maxTokens))
         let seed = seed ?? UInt64.random(in: 0...UInt64.max)
@@ -64,16 +94,17 @@ struct GenerateCommand: ParsableCommand {
         }
 
         let out = FileHandle.standardOutput
-        out.write(Data(prompt.utf8))
+        if !chat { out.write(Data(prompt.utf8)) }
         var stream = StreamingDecoder(tokenizer: tokenizer, prompt: ids.map(Int.init))
-        let stops = Set(tokenizer.eosTokenIDs.map(Int32.init) + llama.configuration.eosTokenIDs.map(Int32.init))
         let result = try llama.generate(prompt: ids, maxTokens: maxTokens, sampler: &sampler, stopTokens: stops, cache: cache) { id in
-            if let text = try stream.append(Int(id)) { out.write(Data(text.utf8)) }
+            if let text = try stream.append(Int(id)) { out.write(Data(stopText.append(text).utf8)) }
+            return !stopText.isStopped
         }
-        out.write(Data((stream.finish() + "\n").utf8))
+        out.write(Data((stopText.append(stream.finish()) + stopText.finish() + "\n").utf8))
 
         let stopped = switch result.stopReason {
-        case .stopToken: "end of sequence"
+        case .stopToken: chat ? "end of the assistant's turn" : "end of sequence"
+        case .stopped: "end of the assistant's turn"
         case .maxTokens: "--max-tokens reached"
         case .contextFull: "context of \(context) tokens full"
         }

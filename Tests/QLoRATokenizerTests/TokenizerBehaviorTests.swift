@@ -95,3 +95,33 @@ private final class ResultBox: @unchecked Sendable {
     func set(_ i: Int, _ value: [Int]) { lock.withLock { values[i] = value } }
     func get(_ i: Int) -> [Int] { lock.withLock { values[i] } }
 }
+
+/// Stop strings cut a stream wherever its chunks split them, and nothing of one is shown.
+@Suite struct StopTextTests {
+    func stream(_ chunks: [String], stops: [String]) -> (shown: String, stopped: Bool) {
+        var stop = StopText(stops)
+        var shown = ""
+        for chunk in chunks { shown += stop.append(chunk) }
+        return (shown + stop.finish(), stop.isStopped)
+    }
+
+    @Test func cutAtTheFirstStopWhereverTheChunksSplitIt() {
+        let text = "Four.<|im_end|>\n<|im_start|>user"
+        for split in 0...text.count {
+            let chunks = [String(text.prefix(split)), String(text.dropFirst(split))]
+            #expect(stream(chunks, stops: ["<|im_end|>"]) == ("Four.", true), "split at \(split)")
+        }
+        // Character by character: no chunk shows a piece of the marker.
+        var stop = StopText(["<|im_end|>"])
+        let shown = text.map { stop.append(String($0)) }
+        #expect(shown.joined() == "Four." && !shown.contains { $0.contains("<") })
+        #expect(stop.append("more") == "" && stop.finish() == "")
+    }
+
+    @Test func heldBackTextThatNeverBecomesAStopIsShown() {
+        #expect(stream(["a <|im", "_start|> b <"], stops: ["<|im_end|>"]) == ("a <|im_start|> b <", false))
+        #expect(stream(["x", "y"], stops: []) == ("xy", false))
+        // The earliest of several stops wins.
+        #expect(stream(["one</s>two<|im_end|>"], stops: ["<|im_end|>", "</s>"]) == ("one", true))
+    }
+}

@@ -20,7 +20,22 @@ import _TestSupport
                 let rendered = try template.render(messages, bosToken: reference.bos_token, eosToken: reference.eos_token)
                 #expect(rendered == expected, "\(t.name)")
             }
+            for (messages, expected) in zip(reference.conversations, t.prompted) {
+                let rendered = try template.render(Array(messages.dropLast()), bosToken: reference.bos_token, eosToken: reference.eos_token,
+                                                   generationPrompt: true)
+                #expect(rendered == expected, "\(t.name) with the generation prompt")
+            }
         }
+    }
+
+    /// Llama-2 writes the reply right after the user's [/INST]: there is none to write
+    /// after the assistant's own turn.
+    @Test func generationPromptFollowsAUserTurn() throws {
+        let chat = [ChatMessage(role: .user, content: "Hi"), ChatMessage(role: .assistant, content: "Hello")]
+        #expect(throws: ChatTemplateError.self) { try ChatTemplate.llama2.generationPieces(for: chat) }
+        #expect(try ChatTemplate.chatML.render(chat, bosToken: "<s>", eosToken: "</s>", generationPrompt: true)
+            .hasSuffix("Hello<|im_end|>\n<|im_start|>assistant\n"))
+        #expect(ChatTemplate.chatML.turnEnd == "<|im_end|>" && ChatTemplate.zephyr.turnEnd == nil && ChatTemplate.llama2.turnEnd == nil)
     }
 
     @Test func builtInNames() throws {

@@ -69,6 +69,16 @@ import Testing
         }
     }
 
+    /// The prompt for a reply is the chat as training renders it plus the assistant's header.
+    @Test func replyPromptsEndWithTheAssistantsHeader() throws {
+        let chat = [ChatMessage(role: .user, content: "hi")]
+        #expect(try builder(template: .llama2).replyPrompt(chat) == [1] + tokenizer.ids("[INST] hi [/INST]"))
+        #expect(try builder(template: .chatML).replyPrompt(chat) == tokenizer.ids("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"))
+        #expect(try builder(template: .zephyr).replyPrompt(chat)
+            == tokenizer.ids("<|user|>\nhi") + [2] + tokenizer.ids("\n<|assistant|>\n"))
+        #expect(throws: ChatTemplateError.missing(nil)) { try builder().replyPrompt(chat) }
+    }
+
     @Test func truncationAndSkippingAreCounted() throws {
         let records = [
             record(.text("abcdefgh"), line: 1),                                     // 1 + 7 + EOS = 9 tokens

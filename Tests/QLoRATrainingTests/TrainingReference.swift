@@ -38,6 +38,8 @@ struct TrainingReference: Decodable {
             var name: String
             var template: String
             var rendered: [String]
+            /// Each conversation less its last message, with add_generation_prompt=True.
+            var prompted: [String]
         }
 
         var bos_token: String

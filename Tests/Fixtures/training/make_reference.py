@@ -143,7 +143,10 @@ def chat_reference():
     for name, template in [("chatml", CHATML), ("qwen2", QWEN2), ("llama-2", LLAMA2), ("zephyr", ZEPHYR)]:
         rendered = [tok.apply_chat_template(c, chat_template=template, tokenize=False, add_generation_prompt=False)
                     for c in CONVERSATIONS]
-        out.append({"name": name, "template": template, "rendered": rendered})
+        # Each conversation up to its last user message, with the header of the reply to write.
+        prompted = [tok.apply_chat_template(c[:-1], chat_template=template, tokenize=False, add_generation_prompt=True)
+                    for c in CONVERSATIONS]
+        out.append({"name": name, "template": template, "rendered": rendered, "prompted": prompted})
     return {"bos_token": tok.bos_token, "eos_token": tok.eos_token, "conversations": CONVERSATIONS,
             "templates": out}
 
