@@ -2,6 +2,7 @@ import COpenBLAS
 import CQLoRAKernels
 import Dispatch
 import Foundation
+import Synchronization
 import QLoRAStorage
 
 /// Side-by-side timing of the packed products against OpenBLAS on fp32
@@ -92,30 +93,50 @@ public final class KernelBenchmark {
 
     // MARK: - Memory bandwidth
 
-    /// Sustained read bandwidth (bytes/s, median of reps) over a buffer of
-    /// max(1 GiB, 8 × last-level cache), all threads reading their share.
-    public func memoryBandwidth(reps: Int = 7) -> Double {
-        let bytes = max(1 << 30, 8 * machine.lastLevelCacheBytes) / 4096 * 4096
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 4096)
-        defer { buffer.deallocate() }
-        memset(buffer, 1, bytes)
-        let chunks = UnsafeRawPointer(buffer).assumingMemoryBound(to: SIMD8<UInt64>.self)
-        let count = bytes / 64
-        var sink: UInt64 = 0
-        let sinkLock = NSLock()
-        var times: [Double] = []
-        for rep in 0..<(reps + 1) {
-            let start = DispatchTime.now().uptimeNanoseconds
-            pool.run(extent: count, grain: 1024, scratchFloats: 1) { range, _ in
-                let s = Self.sum(chunks + range.lowerBound, count: range.count)
-                sinkLock.lock()
-                sink &+= s
-                sinkLock.unlock()
-            }
-            if rep > 0 { times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9) }
+    /// A buffer of max(1 GiB, 8 × last-level cache), written once, that
+    /// `sample()` reads through on all threads: one measurement of the
+    /// sustained read bandwidth per call, so that a benchmark can take its
+    /// samples between the runs it compares them with.
+    public final class StreamingRead {
+        private let pool: ComputePool
+        private let buffer: UnsafeMutableRawPointer
+        public let bytes: Int
+
+        init(pool: ComputePool, bytes: Int) {
+            self.pool = pool
+            self.bytes = bytes
+            buffer = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 4096)
+            memset(buffer, 1, bytes)
         }
-        precondition(sink != 0, "[KernelBenchmark] stream read was optimized away")
-        return Double(bytes) / Self.median(times)
+
+        deinit { buffer.deallocate() }
+
+        /// Bytes per second of one pass over the buffer.
+        public func sample() -> Double {
+            let chunks = UnsafeRawPointer(buffer).assumingMemoryBound(to: SIMD8<UInt64>.self)
+            let sink = Mutex<UInt64>(0)
+            let start = DispatchTime.now().uptimeNanoseconds
+            pool.run(extent: bytes / 64, grain: 1024, scratchFloats: 1) { range, _ in
+                let s = KernelBenchmark.sum(chunks + range.lowerBound, count: range.count)
+                sink.withLock { $0 &+= s }
+            }
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            precondition(sink.withLock { $0 } != 0, "[KernelBenchmark] stream read was optimized away")
+            return Double(bytes) / seconds
+        }
+    }
+
+    /// The buffer `memoryBandwidth` reads, to sample on demand.
+    public func streamingRead() -> StreamingRead {
+        StreamingRead(pool: pool, bytes: max(1 << 30, 8 * machine.lastLevelCacheBytes) / 4096 * 4096)
+    }
+
+    /// Sustained read bandwidth (bytes/s): the median of `reps` passes over
+    /// `streamingRead()`'s buffer after one untimed pass.
+    public func memoryBandwidth(reps: Int = 7) -> Double {
+        let read = streamingRead()
+        _ = read.sample()
+        return Self.median((0..<reps).map { _ in read.sample() })
     }
 
     // MARK: - Multiply-add peak
@@ -147,7 +168,7 @@ public final class KernelBenchmark {
         return flops / Self.median(times)
     }
 
-    private static func sum(_ p: UnsafePointer<SIMD8<UInt64>>, count: Int) -> UInt64 {
+    fileprivate static func sum(_ p: UnsafePointer<SIMD8<UInt64>>, count: Int) -> UInt64 {
         var a = SIMD8<UInt64>(), b = SIMD8<UInt64>()
         var i = 0
         while i + 1 < count {
@@ -278,7 +299,7 @@ public final class KernelBenchmark {
 
     // MARK: - Helpers
 
-    static func median(_ values: [Double]) -> Double {
+    public static func median(_ values: [Double]) -> Double {
         let s = values.sorted()
         return s.isEmpty ? .nan : s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
     }

@@ -23,12 +23,15 @@ public enum GenerationBenchmark {
         hiddenSize: 2048, intermediateSize: 5632, hiddenLayers: 22, attentionHeads: 32, kvHeads: 4,
         vocabularySize: 32000, maxPositionEmbeddings: 2048, rmsNormEps: 1e-5)
 
+    /// Decoding rounds, each followed by two bandwidth samples.
+    public static let rounds = 4
+
     public struct Options: Sendable {
         public var configuration = GenerationBenchmark.billionParameterLlama
         public var specs = [QuantSpec(type: .nf4, blockSize: 64, scaleKind: .dq8), QuantSpec(type: .int8, blockSize: 64, scaleKind: .dq8)]
         /// Random prompt tokens prefilled before decoding.
         public var promptTokens = 32
-        /// Tokens decoded and timed (after an untimed warm-up of a few).
+        /// Tokens decoded and timed (after an untimed warm-up of a few), in `rounds`.
         public var decodeTokens = 32
         public var seed: UInt64 = 1
         public init() {}
@@ -45,7 +48,8 @@ public enum GenerationBenchmark {
         public var prefillTokensPerSecond: Double
         public var decodeTokens: Int
         public var decodeTokensPerSecond: Double
-        /// Streaming read bandwidth measured right after decoding (`KernelBenchmark.memoryBandwidth`).
+        /// Streaming read bandwidth: the median of samples taken between the decoding rounds
+        /// (`KernelBenchmark.StreamingRead`).
         public var readBandwidthBytesPerSecond: Double
         /// read bandwidth ÷ (weight + KV bytes per token)
         public var boundTokensPerSecond: Double
@@ -91,24 +95,38 @@ public enum GenerationBenchmark {
             var generator = SplitMix64(seed: options.seed)
             let prompt = (0..<options.promptTokens).map { _ in Int32(generator.next() % UInt64(c.vocabularySize)) }
             var sampler = try Sampler(temperature: 0)
-            let cache = try KVCache(model: model, capacity: options.promptTokens + options.decodeTokens + 1)
-            log("decoding \(options.decodeTokens) tokens after a \(options.promptTokens)-token prompt")
+            // The decode is timed in rounds (each from the prompt again), with
+            // read-bandwidth samples between them: on a shared machine the
+            // bandwidth moves by tens of percent within seconds, and the bound
+            // must be measured in the same spells as the decoding it is set against.
+            let rounds = min(Self.rounds, options.decodeTokens), perRound = options.decodeTokens / rounds
+            let cache = try KVCache(model: model, capacity: options.promptTokens + perRound + 1)
+            log("decoding \(rounds * perRound) tokens (\(rounds) rounds) after a \(options.promptTokens)-token prompt, sampling read bandwidth on \(machine.threads) threads between rounds")
             // The first passes fault the mapped pages in; they are not timed.
             _ = try model.generate(prompt: prompt, maxTokens: 3, sampler: &sampler, cache: cache)
-            let result = try model.generate(prompt: prompt, maxTokens: options.decodeTokens + 1, sampler: &sampler, cache: cache)
+            var timed = [try model.generate(prompt: prompt, maxTokens: perRound + 1, sampler: &sampler, cache: cache)]
+            // Before the bandwidth buffer exists: the model's own footprint.
             let memory = ResidentMemory.sample()
-            // Right after decoding, in the same state of the machine; the model is still mapped.
-            log("measuring read bandwidth on \(machine.threads) threads")
-            let bandwidth = kernels.memoryBandwidth()
+            let read = kernels.streamingRead()
+            _ = read.sample()
+            var samples = [read.sample(), read.sample()]
+            for _ in 1..<rounds {
+                timed.append(try model.generate(prompt: prompt, maxTokens: perRound + 1, sampler: &sampler, cache: cache))
+                samples += [read.sample(), read.sample()]
+            }
+            let bandwidth = KernelBenchmark.median(samples)
+            let decodeSteps = timed.reduce(0) { $0 + $1.decodeSteps }, decodeSeconds = timed.reduce(0) { $0 + $1.decodeSeconds }
+            let decodeRate = Double(decodeSteps) / decodeSeconds
+            let prefillRate = Double(timed.reduce(0) { $0 + $1.promptTokens }) / timed.reduce(0) { $0 + $1.promptSeconds }
 
             let weights = weightBytesPerToken(model)
-            let meanPosition = options.promptTokens + options.decodeTokens / 2
+            let meanPosition = options.promptTokens + perRound / 2
             let kv = 2 * c.hiddenLayers * meanPosition * c.kvHeads * c.headDimensions * 4
             let bound = bandwidth / Double(weights + kv)
             cases.append(Case(spec: spec.description, fileBytes: loaded.weightFileBytes, weightBytesPerToken: weights,
-                              kvBytesPerToken: kv, prefillTokensPerSecond: result.promptTokensPerSecond,
-                              decodeTokens: result.decodeSteps, decodeTokensPerSecond: result.decodeTokensPerSecond,
-                              readBandwidthBytesPerSecond: bandwidth, boundTokensPerSecond: bound, fractionOfBound: result.decodeTokensPerSecond / bound,
+                              kvBytesPerToken: kv, prefillTokensPerSecond: prefillRate,
+                              decodeTokens: decodeSteps, decodeTokensPerSecond: decodeRate,
+                              readBandwidthBytesPerSecond: bandwidth, boundTokensPerSecond: bound, fractionOfBound: decodeRate / bound,
                               residentBytes: memory.current, peakResidentBytes: memory.peak, writeSeconds: writeSeconds))
             try? FileManager.default.removeItem(at: url)
         }
