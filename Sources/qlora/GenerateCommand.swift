@@ -24,6 +24,9 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "A system message for --chat.")
     var system: String?
 
+    @Option(name: .customLong("stop"), help: "Stop when the text contains this string, which is not printed (repeatable).")
+    var stops: [String] = []
+
     @Option(name: .customLong("max-tokens"), help: "Tokens to generate at most.")
     var maxTokens = 128
 
@@ -46,6 +49,7 @@ struct GenerateCommand: ParsableCommand {
 
     func validate() throws {
         guard maxTokens > 0 else { throw ValidationError("--max-tokens must be positive, not \(maxTokens)") }
+        if stops.contains("") { throw ValidationError("--stop needs a non-empty string") }
         if !chat && (chatTemplate != nil || system != nil) { throw ValidationError("--chat-template and --system need --chat") }
         if let chatTemplate {
             do { _ = try ChatTemplate.named(chatTemplate) } catch { throw ValidationError(error.localizedDescription) }
@@ -62,8 +66,8 @@ struct GenerateCommand: ParsableCommand {
         let loaded = try model.load()
         let llama = loaded.model, tokenizer = try loaded.tokenizer()
         let context = llama.configuration.maxPositionEmbeddings
-        var stops = Set(tokenizer.eosTokenIDs.map(Int32.init) + llama.configuration.eosTokenIDs.map(Int32.init))
-        var stopText = StopText([])
+        var stopTokens = Set(tokenizer.eosTokenIDs.map(Int32.init) + llama.configuration.eosTokenIDs.map(Int32.init))
+        var stopText = StopText(stops)
         let promptIDs: [Int32]
         if chat {
             guard let template = try chatTemplate.map(ChatTemplate.named) ?? loaded.chatTemplate() else {
@@ -74,8 +78,8 @@ struct GenerateCommand: ParsableCommand {
             if let end = template.turnEnd {
                 // A marker the tokenizer holds as one token stops on that token, any other on its text.
                 let marker = tokenizer.encode(end, addSpecialTokens: false)
-                if marker.count == 1 { stops.insert(Int32(marker[0])) }
-                stopText = StopText([end])
+                if marker.count == 1 { stopTokens.insert(Int32(marker[0])) }
+                stopText = StopText(stops + [end])
             }
         } else {
             promptIDs = tokenizer.encode(prompt).map(Int32.init)
@@ -96,7 +100,7 @@ struct GenerateCommand: ParsableCommand {
         let out = FileHandle.standardOutput
         if !chat { out.write(Data(prompt.utf8)) }
         var stream = StreamingDecoder(tokenizer: tokenizer, prompt: ids.map(Int.init))
-        let result = try llama.generate(prompt: ids, maxTokens: maxTokens, sampler: &sampler, stopTokens: stops, cache: cache) { id in
+        let result = try llama.generate(prompt: ids, maxTokens: maxTokens, sampler: &sampler, stopTokens: stopTokens, cache: cache) { id in
             if let text = try stream.append(Int(id)) { out.write(Data(stopText.append(text).utf8)) }
             return !stopText.isStopped
         }
@@ -104,7 +108,7 @@ struct GenerateCommand: ParsableCommand {
 
         let stopped = switch result.stopReason {
         case .stopToken: chat ? "end of the assistant's turn" : "end of sequence"
-        case .stopped: "end of the assistant's turn"
+        case .stopped: stopText.stops.count > stops.count ? "end of the assistant's turn or a --stop string" : "a --stop string"
         case .maxTokens: "--max-tokens reached"
         case .contextFull: "context of \(context) tokens full"
         }
