@@ -48,6 +48,13 @@ public final class KernelBenchmark {
         public let openBLASSeconds: Double
         /// nil when the reference was not timed for this case.
         public let referenceSeconds: Double?
+        /// Batch 1: the streaming read bandwidth (bytes/s), median of samples
+        /// taken between this case's rounds, which its share of the bandwidth
+        /// is measured against; nil for larger batches.
+        public let readBandwidth: Double?
+
+        /// The share of `readBandwidth` the packed kernel reads at (batch 1).
+        public var bandwidthFraction: Double? { readBandwidth.map { gbps * 1e9 / $0 } }
 
         public var gflops: Double { benchCase.flops / seconds / 1e9 }
         /// Packed bytes read per second.
@@ -74,6 +81,8 @@ public final class KernelBenchmark {
     public let targetSeconds: Double
     public let machine: Machine
     private let pool: ComputePool
+    /// The buffer batch-1 cases sample the read bandwidth from, made at the first one.
+    private var read: StreamingRead?
 
     public init(threads: Int, targetSeconds: Double = 0.6) {
         self.threads = max(1, threads)
@@ -270,17 +279,22 @@ public final class KernelBenchmark {
         // sleeping, so a packed product started right after one shares a core
         // with them (measured: exactly half speed in about half the cases).
         // Each block of ours starts after that spin has run out.
-        var tOurs: [Double] = [], tBLAS: [Double] = [], tRef: [Double] = []
+        // At batch 1 the streaming read is a fourth method of the rounds: the
+        // shared machine's bandwidth moves by tens of percent within seconds.
+        if c.n == 1 && read == nil { read = streamingRead() }
+        let bandwidth = c.n == 1 ? read : nil
+        var tOurs: [Double] = [], tBLAS: [Double] = [], tRef: [Double] = [], samples: [Double] = []
         let rounds = 3
         for round in 0..<rounds {
             Thread.sleep(forTimeInterval: Self.openBLASSpinSeconds)
             for _ in (reps * round / rounds)..<(reps * (round + 1) / rounds) { tOurs.append(seconds(ours)) }
+            if let bandwidth { samples += [bandwidth.sample(), bandwidth.sample()] }
             for _ in (refReps * round / rounds)..<(refReps * (round + 1) / rounds) { tRef.append(seconds(scalar)) }
             for _ in (reps * round / rounds)..<(reps * (round + 1) / rounds) { tBLAS.append(seconds(blas)) }
         }
         return Result(
             benchCase: c, seconds: Self.median(tOurs), openBLASSeconds: Self.median(tBLAS),
-            referenceSeconds: refReps > 0 ? Self.median(tRef) : nil)
+            referenceSeconds: refReps > 0 ? Self.median(tRef) : nil, readBandwidth: samples.isEmpty ? nil : Self.median(samples))
     }
 
     /// Longer than OpenBLAS's default thread time-out (2^28 cycles) at 2.5 GHz and up.

@@ -80,7 +80,8 @@ struct BenchKernels: ParsableCommand {
             OpenBLAS: \(m.openBLAS), \(m.threads) threads; last-level cache \(m.lastLevelCacheBytes >> 20) MiB
             load average at start: \(m.loadAverage)
             memory read bandwidth (streaming \(max(1024, 8 * (m.lastLevelCacheBytes >> 20))) MiB, \(m.threads) threads): \
-            \(String(format: "%.1f", bandwidth / 1e9)) GB/s
+            \(String(format: "%.1f", bandwidth / 1e9)) GB/s at start; each batch-1 row's %BW is against the same read \
+            sampled between that row's own rounds
             fp32 multiply-add peak (\(m.threads) threads, nothing but independent FMAs): \(String(format: "%.0f", peak / 1e9)) GFLOP/s
             """
         if json { FileHandle.standardError.write(Data((header + "\n").utf8)) } else { print(header + "\n" + Self.tableHeader) }
@@ -92,9 +93,9 @@ struct BenchKernels: ParsableCommand {
                     spec: plan.spec, outFeatures: out, inFeatures: inFeatures, batchSizes: plan.batchSizes,
                     directions: KernelBenchmark.Direction.allCases, referenceUpTo: full ? Int.max : 8
                 ) { r in
-                    if !json { print(Self.row(r, bandwidth: bandwidth)) }
+                    if !json { print(Self.row(r)) }
                 }
-                records += results.map { Self.record($0, bandwidth: bandwidth) }
+                records += results.map(Self.record)
             }
         }
         let end = "load average at end: \(KernelBenchmark.loadAverage())"
@@ -135,10 +136,10 @@ struct BenchKernels: ParsableCommand {
         spec          out×in      n  dir   | ours ms   GFLOP/s  GB/s   %BW  | OpenBLAS ms  GFLOP/s  GB/s  | ×OpenBLAS | ref ms    ×ref
         """
 
-    static func row(_ r: KernelBenchmark.Result, bandwidth: Double) -> String {
+    static func row(_ r: KernelBenchmark.Result) -> String {
         let c = r.benchCase
         let spec = "\(c.spec.type)/\(c.spec.blockSize)/\(c.spec.scaleKind.rawValue)"
-        let pct = c.n == 1 ? String(format: "%4.0f%%", 100 * r.gbps * 1e9 / bandwidth) : "   - "
+        let pct = r.bandwidthFraction.map { String(format: "%4.0f%%", 100 * $0) } ?? "   - "
         let ref = r.referenceSeconds.map { String(format: "%9.2f %6.1f", $0 * 1e3, $0 / r.seconds) } ?? "        -      -"
         return String(
             format: "%-13@ %5d×%-5d %4d %-4@ | %8.3f %8.1f %6.1f %@ | %11.3f %8.1f %5.1f | %9.2f | %@",
@@ -146,7 +147,7 @@ struct BenchKernels: ParsableCommand {
             r.gflops, r.gbps, pct, r.openBLASSeconds * 1e3, r.openBLASGFlops, r.openBLASGBps, r.ratioVsOpenBLAS, ref)
     }
 
-    static func record(_ r: KernelBenchmark.Result, bandwidth: Double) -> [String: Any] {
+    static func record(_ r: KernelBenchmark.Result) -> [String: Any] {
         let c = r.benchCase
         return [
             "type": c.spec.type.rawValue,
@@ -163,7 +164,8 @@ struct BenchKernels: ParsableCommand {
             "ratio_vs_openblas": r.ratioVsOpenBLAS,
             "openblas_median_seconds": r.openBLASSeconds,
             "reference_median_seconds": r.referenceSeconds.map { $0 as Any } ?? NSNull(),
-            "bandwidth_fraction": c.n == 1 ? r.gbps * 1e9 / bandwidth as Any : NSNull(),
+            "bandwidth_fraction": r.bandwidthFraction.map { $0 as Any } ?? NSNull(),
+            "read_bandwidth_gbps": r.readBandwidth.map { $0 / 1e9 as Any } ?? NSNull(),
         ]
     }
 }
