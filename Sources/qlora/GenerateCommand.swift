@@ -75,6 +75,7 @@ struct GenerateCommand: ParsableCommand {
             }
             let messages = (system.map { [ChatMessage(role: .system, content: $0)] } ?? []) + [ChatMessage(role: .user, content: prompt)]
             promptIDs = try ExampleBuilder(tokenizer: tokenizer, options: ExampleOptions(), chatTemplate: template).replyPrompt(messages)
+            if verbose { log("chat template: \(template)" + (chatTemplate == nil ? " (the model's own)" : "")) }
             if let end = template.turnEnd {
                 // A marker the tokenizer holds as one token stops on that token, any other on its text.
                 let marker = tokenizer.encode(end, addSpecialTokens: false)
