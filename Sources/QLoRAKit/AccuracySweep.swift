@@ -176,6 +176,10 @@ public struct AccuracySweep: Sendable {
     public var overwrite: Bool
     /// Also fine-tune the full-precision model and packed bases (see AccuracySweep+Finetune.swift).
     public var finetune: Finetune?
+    /// Data in the fine-tuning formats: the template for chats (nil: the model's own) and
+    /// whether completions end with EOS, as `EvaluationData.load` takes them.
+    public var chatTemplate: ChatTemplate?
+    public var appendEOS = true
 
     public init(model: URL, data: URL, output: URL, specs: [QuantSpec], context: Int? = nil, overwrite: Bool = false,
                 finetune: Finetune? = nil) {
@@ -347,7 +351,10 @@ public struct AccuracySweep: Sendable {
         }
 
         let tokenizer = try Tokenizer(directory: model)
-        let sequences = try EvaluationData.load(data, vocabularySize: c.vocabularySize) { tokenizer }
+        // Without a usable template of its own or a named one, loading chats says so.
+        let template = chatTemplate ?? (try? ChatTemplate.fromModel(directory: model)) ?? nil
+        let sequences = try EvaluationData.load(data, vocabularySize: c.vocabularySize, chatTemplate: template,
+                                                appendEOS: appendEOS) { tokenizer }
         let context = self.context ?? min(c.maxPositionEmbeddings, 2048)
         guard (2...c.maxPositionEmbeddings).contains(context) else {
             throw AccuracySweepError.invalidContext(context, limit: c.maxPositionEmbeddings)

@@ -28,7 +28,7 @@ struct BenchAccuracyCommand: ParsableCommand {
     @Option(help: "The Hugging Face model folder to quantize.")
     var model: String
 
-    @Option(help: "The evaluation data: plain text, or JSON lines with \"text\" or \"input_ids\".")
+    @Option(help: "The evaluation data: plain text, or JSON lines with \"text\" or \"input_ids\" (every token scored), or in the fine-tuning formats (\"prompt\"/\"completion\", or \"messages\" rendered by the model's own chat template), where only completions are scored.")
     var data: String
 
     @Option(help: "Block types, comma-separated: int8, int4, nf4, fp4.")
@@ -55,8 +55,11 @@ struct BenchAccuracyCommand: ParsableCommand {
     @Option(name: .customLong("finetune-steps"), help: "Optimizer steps of each fine-tuning run.")
     var finetuneSteps = 100
 
-    @Flag(name: .customLong("no-eos"), help: "Fine-tuning: do not append the tokenizer's end-of-sequence token to texts and completions.")
+    @Flag(name: .customLong("no-eos"), help: "Fine-tuning, and --data in the fine-tuning formats: do not append the tokenizer's end-of-sequence token to texts and completions.")
     var noEOS = false
+
+    @Option(name: .customLong("chat-template"), help: "Chat template for \"messages\" in --data: chatml, llama-2 or zephyr (default: the model's own, if recognised).")
+    var chatTemplate: String?
 
     @Flag(help: "Print results.json instead of the Markdown tables (with --finetune, an object holding it as \"results\" and finetune.json as \"finetune\").")
     var json = false
@@ -86,10 +89,15 @@ struct BenchAccuracyCommand: ParsableCommand {
                     configuration: AccuracySweep.Finetune.configuration(steps: finetuneSteps, maxSequenceLength: min(1024, positions),
                                                                         appendEOS: !noEOS))
             }
-            return AccuracySweep(model: modelURL, data: URL(fileURLWithPath: data), output: URL(fileURLWithPath: output),
-                                 specs: AccuracySweep.specs(types: types, blockSizes: blocks, doubleQuant: choice),
-                                 context: context, overwrite: overwrite, finetune: tuning)
+            var sweep = AccuracySweep(model: modelURL, data: URL(fileURLWithPath: data), output: URL(fileURLWithPath: output),
+                                      specs: AccuracySweep.specs(types: types, blockSizes: blocks, doubleQuant: choice),
+                                      context: context, overwrite: overwrite, finetune: tuning)
+            sweep.chatTemplate = try chatTemplate.map(ChatTemplate.named)
+            sweep.appendEOS = !noEOS
+            return sweep
         } catch let error as AccuracySweepError {
+            throw ValidationError(error.localizedDescription)
+        } catch let error as ChatTemplateError {
             throw ValidationError(error.localizedDescription)
         }
     }
