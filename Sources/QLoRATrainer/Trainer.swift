@@ -14,6 +14,7 @@
 // each checkpoint; resuming on another count is allowed and reported).
 
 import Foundation
+import Synchronization
 import QLoRACompute
 import QLoRAModel
 import QLoRAStorage
@@ -48,6 +49,18 @@ public struct StepReport: Sendable {
     public var memory: ResidentMemory
 }
 
+/// A request to stop a run after its current step, safe to make from any thread
+/// (a SIGINT handler, say); the run checkpoints that step and returns.
+public final class TrainingInterruption: Sendable {
+    private let requested = Atomic<Bool>(false)
+
+    public init() {}
+
+    public func request() { requested.store(true, ordering: .relaxed) }
+
+    public var isRequested: Bool { requested.load(ordering: .relaxed) }
+}
+
 /// What a run did, for the closing summary.
 public struct TrainingSummary: Sendable {
     /// Steps completed at the end of this run, and where it started (0, or the resumed checkpoint's step).
@@ -56,6 +69,8 @@ public struct TrainingSummary: Sendable {
     public var totalSteps: Int
     /// Whether training reached `totalSteps` (and wrote the final adapter).
     public var finished: Bool
+    /// Whether an interruption ended the run early (after checkpointing its last step).
+    public var interrupted = false
     /// Mean training loss of the last step.
     public var trainLoss: Double?
     /// Validation losses before the first step of this run and after its last, when there is a validation set.
@@ -145,8 +160,10 @@ public final class Trainer {
                         keepLast: configuration.keepCheckpoints)
     }
 
-    /// Trains to `totalSteps`, or until `stopAfter` steps are done (the run then ends
-    /// with a checkpoint that `resume` continues from).
+    /// Trains to `totalSteps`, or until `stopAfter` steps are done, or until
+    /// `interruption` is requested (checked after every step; from a signal handler,
+    /// say); a run that stops early ends with a checkpoint of its last step, which
+    /// `resume` continues from.
     /// - Parameters:
     ///   - resume: continue from the newest checkpoint in the output folder.
     ///   - observer: called on this thread as the run goes.
@@ -154,7 +171,7 @@ public final class Trainer {
     ///   left as they were), `TrainerError.outputInUse` / `.nothingToResume` /
     ///   `.checkpointMismatch`, file errors naming the path.
     @discardableResult
-    public func run(resume: Bool = false, stopAfter: Int? = nil,
+    public func run(resume: Bool = false, stopAfter: Int? = nil, interruption: TrainingInterruption? = nil,
                     observer: (TrainingEvent) -> Void = { _ in }) throws -> TrainingSummary {
         let store = checkpointStore
         let metricsURL = output.appendingPathComponent(Self.metricsFileName)
@@ -208,7 +225,7 @@ public final class Trainer {
             let loss = try optimizer.validationLoss(validLoader.batches(epoch: 0))
             summary.initialValidLoss = loss
             if checkpoint == nil { try metrics.append(MetricsRecord(step: 0, validLoss: loss)) }
-            observer(.evaluated(step: 0, loss: loss))
+            observer(.evaluated(step: firstStep, loss: loss))
         }
         let accumulation = try GradientAccumulation(microBatches: configuration.gradientAccumulation)
         var step = firstStep
@@ -240,10 +257,15 @@ public final class Trainer {
                 observer(.evaluated(step: step, loss: loss))
             }
             try metrics.append(record)
-            if step % checkpointInterval == 0 || step == end {
+            let interrupted = step < end && interruption?.isRequested == true
+            if step % checkpointInterval == 0 || step == end || interrupted {
                 lastCheckpoint = try store.save(makeCheckpoint(step: step, optimizer: optimizer, random: random))
                 summary.lastCheckpoint = lastCheckpoint
                 observer(.checkpointSaved(step: step, lastCheckpoint!))
+            }
+            if interrupted {
+                summary.interrupted = true
+                break
             }
         }
         summary.step = step

@@ -61,7 +61,7 @@ struct TrainCommand: ParsableCommand {
         }
         let reporter = TrainingReporter()
         reporter.describe(trainer, model: loaded)
-        let summary = try reporter.run(trainer, resume: resume)
+        let summary = try reporter.run(trainer, resume: resume, interruptible: true)
         reporter.conclude(summary)
     }
 }

@@ -34,9 +34,30 @@ final class TrainingReporter {
     }
 
     /// Runs the trainer, drawing progress and printing evaluations and checkpoints.
-    func run(_ trainer: Trainer, resume: Bool = false) throws -> TrainingSummary {
+    /// `interruptible`: the first Ctrl-C (SIGINT) stops the run after its current
+    /// step with a checkpoint that --resume continues from; a second quits at once.
+    func run(_ trainer: Trainer, resume: Bool = false, interruptible: Bool = false) throws -> TrainingSummary {
         defer { line.finish() }
-        return try trainer.run(resume: resume) { event in
+        let interruption = TrainingInterruption()
+        var source: (any DispatchSourceSignal)?
+        if interruptible {
+            signal(SIGINT, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+            s.setEventHandler {
+                if interruption.isRequested { exit(130) }
+                interruption.request()
+                FileHandle.standardError.write(Data("\ninterrupted: stopping after this step with a checkpoint (Ctrl-C again quits at once)\n".utf8))
+            }
+            s.resume()
+            source = s
+        }
+        defer {
+            if let source {
+                source.cancel()
+                signal(SIGINT, SIG_DFL)
+            }
+        }
+        return try trainer.run(resume: resume, interruption: interruption) { event in
             switch event {
             case let .started(first, total):
                 firstStep = first
@@ -75,6 +96,7 @@ final class TrainingReporter {
         }
         emit("metrics: \(s.metrics.path)" + (s.lossChart.map { "; loss curve: \($0.path)" } ?? ""))
         if let checkpoint = s.lastCheckpoint { emit("last checkpoint: \(checkpoint.path)") }
+        if s.interrupted { emit("interrupted after step \(s.step): the same command with --resume continues from there") }
     }
 
     private func emit(_ text: String) { line.print(indent + text) }

@@ -120,6 +120,34 @@ final class PoisonedLinear: FrozenLinear, @unchecked Sendable {
         #expect(try Data(contentsOf: whole.appendingPathComponent(adapter)) == Data(contentsOf: parts.appendingPathComponent(adapter)))
     }
 
+    /// An interruption requested during a step (Ctrl-C in `qlora train`) ends the run
+    /// after that step with its checkpoint; resuming goes on to the uninterrupted
+    /// run's losses, and the resumed run's first validation is reported at its step.
+    @Test func anInterruptedRunCheckpointsItsStepAndResumes() throws {
+        let folder = try TemporaryDirectory("trainer-interrupt")
+        defer { folder.remove() }
+        let data = try Run.dataset(in: folder)
+        let configuration = Run.configuration()
+        let whole = folder.appending("whole"), parts = folder.appending("parts")
+        try Run.trainer(Run.model(packed: false), data: data, output: whole, configuration).run()
+        let interruption = TrainingInterruption()
+        let first = try Run.trainer(Run.model(packed: false), data: data, output: parts, configuration)
+            .run(interruption: interruption) { event in
+                if case .stepFinished(let report) = event, report.step == 2 { interruption.request() }
+            }
+        #expect(first.step == 2 && first.interrupted && !first.finished)
+        #expect(first.lastCheckpoint?.lastPathComponent == "checkpoint-2")
+        var evaluations: [Int] = []
+        let second = try Run.trainer(Run.model(packed: false), data: data, output: parts, configuration)
+            .run(resume: true) { event in
+                if case .evaluated(let step, _) = event { evaluations.append(step) }
+            }
+        #expect(second.firstStep == 2 && second.finished && !second.interrupted && evaluations.first == 2)
+        let a = try MetricsLog.read(whole.appendingPathComponent(Trainer.metricsFileName)).compactMap(\.loss)
+        let b = try MetricsLog.read(parts.appendingPathComponent(Trainer.metricsFileName)).compactMap(\.loss)
+        #expect(a == b && a.count == second.totalSteps)
+    }
+
     /// Checkpoints record the thread count; resuming on another one goes on and says so.
     @Test func resumingOnAnotherThreadCountIsReported() throws {
         let folder = try TemporaryDirectory("trainer-threads")
