@@ -24,6 +24,60 @@ struct ModelOptions: ParsableArguments {
     }
 }
 
+/// The chat template and system message of `generate --chat` and `chat`.
+struct ChatOptions: ParsableArguments {
+    @Option(name: .customLong("chat-template"), help: "Chat template: chatml, llama-2 or zephyr (default: the model's own, if recognised).")
+    var chatTemplate: String?
+
+    @Option(help: "A system message that opens the conversation.")
+    var system: String?
+
+    func validate() throws {
+        if let chatTemplate {
+            do { _ = try ChatTemplate.named(chatTemplate) } catch { throw ValidationError(error.localizedDescription) }
+        }
+    }
+
+    /// --chat-template, else the model's own.
+    /// - Throws: `ChatTemplateError` when the model has none (or one this engine cannot render).
+    func template(of loaded: LoadedModel) throws -> ChatTemplate {
+        guard let template = try chatTemplate.map(ChatTemplate.named) ?? loaded.chatTemplate() else {
+            throw ChatTemplateError.missing(loaded.url)
+        }
+        return template
+    }
+}
+
+/// How `generate` and `chat` pick tokens, and where their text ends.
+struct SamplingOptions: ParsableArguments {
+    @Option(help: "Sampling temperature; 0 picks the most likely token every time (greedy).")
+    var temperature: Float = 0.8
+
+    @Option(name: .customLong("top-p"), help: "Sample from the smallest set of likeliest tokens whose probabilities reach P (1 = all).")
+    var topP: Float = 0.95
+
+    @Option(help: "Seed of the sampler: the same seed, model and input give the same text. Random when not given.")
+    var seed: UInt64?
+
+    @Option(name: .customLong("stop"), help: "Stop when the text contains this string, which is not printed (repeatable).")
+    var stops: [String] = []
+
+    func validate() throws {
+        if stops.contains("") { throw ValidationError("--stop needs a non-empty string") }
+        do {
+            _ = try Sampler(temperature: temperature, topP: topP)
+        } catch {
+            throw ValidationError(error.localizedDescription)
+        }
+    }
+
+    /// The sampler, seeded with --seed or a random seed (returned, to report it).
+    func sampler() throws -> (sampler: Sampler, seed: UInt64) {
+        let seed = seed ?? UInt64.random(in: 0...UInt64.max)
+        return (try Sampler(temperature: temperature, topP: topP, seed: seed), seed)
+    }
+}
+
 /// Which projections get adapters (`train`, `bench train`).
 struct AdaptedModules: ParsableArguments {
     @Option(help: "Projections to adapt, comma separated (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or all-linear.")
