@@ -8,8 +8,9 @@ extension LlamaModel {
     /// - Returns: the text passed to `onText`, and the generation's figures
     ///   (`StopReason.stopped` when a stop string ended it).
     /// - Throws: what `generate` throws, and `TokenizerError` for ids that do not decode consistently.
+    ///   `cache` and `cachedPrefix` are `generate`'s.
     public func generateText(prompt: [Int32], tokenizer: Tokenizer, maxTokens: Int, sampler: inout Sampler,
-                             stopTokens: Set<Int32>, stops: [String] = [], cache: KVCache? = nil,
+                             stopTokens: Set<Int32>, stops: [String] = [], cache: KVCache? = nil, cachedPrefix: Int = 0,
                              onText: (String) -> Void = { _ in }) throws -> (text: String, result: GenerationResult) {
         var stream = StreamingDecoder(tokenizer: tokenizer, prompt: prompt.map(Int.init))
         var stop = StopText(stops)
@@ -19,7 +20,8 @@ extension LlamaModel {
             text += chunk
             onText(chunk)
         }
-        let result = try generate(prompt: prompt, maxTokens: maxTokens, sampler: &sampler, stopTokens: stopTokens, cache: cache) { id in
+        let result = try generate(prompt: prompt, maxTokens: maxTokens, sampler: &sampler, stopTokens: stopTokens, cache: cache,
+                                  cachedPrefix: cachedPrefix) { id in
             if let chunk = try stream.append(Int(id)) { emit(stop.append(chunk)) }
             return !stop.isStopped
         }
@@ -35,6 +37,13 @@ extension LlamaModel {
 /// assistant's turn (EOS, or the template's turn marker such as ChatML's
 /// "<|im_end|>") and keeps it for the next turn. Turns that no longer fit the
 /// context are dropped, oldest first; a system message stays.
+///
+/// One KV cache serves the whole conversation: each turn runs only the tokens
+/// after the longest prefix it shares with what the cache holds (the earlier
+/// turns, as long as they tokenize the same again), so a long conversation is
+/// not prefilled anew at every message. Those cached positions were computed
+/// one token at a time when they were generated, so a reply may differ from a
+/// fresh prefill's in the last bits of its logits.
 public final class ChatSession {
     public let model: LlamaModel
     public let tokenizer: Tokenizer
@@ -44,6 +53,10 @@ public final class ChatSession {
     /// Strings that also end a reply (not kept in it).
     public let stops: [String]
     private let stopTokens: Set<Int32>
+    /// Grown (and then refilled) when a turn needs more room, up to the context.
+    private var cache: KVCache?
+    /// The tokens whose keys and values `cache` holds, in order.
+    private var cached: [Int32] = []
 
     /// One reply and what it took.
     public struct Reply: Sendable {
@@ -93,10 +106,19 @@ public final class ChatSession {
             prompt = try promptIDs(turns)
         }
         guard prompt.count < context else { throw GenerationError.promptTooLong(tokens: prompt.count, context: context) }
-        let cache = try KVCache(model: model, capacity: min(context, prompt.count + maxTokens))
+        // Room for a few turns at first (a conversation grows), doubled when a turn
+        // needs more, which costs one full prefill.
+        let needed = min(context, prompt.count + maxTokens)
+        if cache.map({ $0.capacity < needed }) ?? true {
+            cache = try KVCache(model: model, capacity: min(context, max(2 * needed, 2 * (cache?.capacity ?? 0), 1024)))
+            cached = []
+        }
+        let shared = min(zip(prompt, cached).prefix { $0 == $1 }.count, prompt.count - 1)
+        cached = Array(cached.prefix(shared)) // what the cache holds if generation fails midway
         let (text, generation) = try model.generateText(prompt: prompt, tokenizer: tokenizer, maxTokens: maxTokens,
                                                         sampler: &sampler, stopTokens: stopTokens, stops: stops,
-                                                        cache: cache, onText: onText)
+                                                        cache: cache, cachedPrefix: shared, onText: onText)
+        cached = prompt + generation.tokens.dropLast()
         let dropped = messages.count + 1 - turns.count
         messages = turns + [ChatMessage(role: .assistant, content: text)]
         return Reply(text: text, generation: generation, droppedMessages: dropped)

@@ -17,7 +17,9 @@ public struct GenerationResult: Sendable {
     /// The new tokens, a stop token included when one ended the generation.
     public var tokens: [Int32]
     public var stopReason: StopReason
+    /// Prompt tokens run (prefilled) by this call, and those the cache already held.
     public var promptTokens: Int
+    public var cachedPromptTokens = 0
     /// Prefill: the prompt through the model at once, up to the first logits.
     public var promptSeconds: Double
     /// Decode: one forward pass per generated token after the first (whose
@@ -38,24 +40,33 @@ extension LlamaModel {
     /// token as it is produced (to stream text) and returns whether to go on;
     /// it may also throw.
     ///
-    /// - Parameter cache: reused when given (it is reset first), otherwise one
-    ///   is made for prompt + maxTokens tokens, at most the model's context.
+    /// - Parameters:
+    ///   - cache: reused when given (rewound to `cachedPrefix` tokens first),
+    ///     otherwise one is made for prompt + maxTokens tokens, at most the
+    ///     model's context. The cache then holds the prompt and every
+    ///     generated token but the last.
+    ///   - cachedPrefix: how many of the prompt's first tokens the given cache
+    ///     already holds from an earlier call (a conversation's earlier turns);
+    ///     only the rest is run. At most prompt.count − 1 and the cache's count.
     /// - Throws: `GenerationError.emptyPrompt`, `.promptTooLong` when the
     ///   prompt exceeds the cache, `.tokenOutOfVocabulary`.
     public func generate(prompt: [Int32], maxTokens: Int, sampler: inout Sampler, stopTokens: Set<Int32> = [],
-                         cache: KVCache? = nil, onToken: (Int32) throws -> Bool = { _ in true }) throws -> GenerationResult {
+                         cache: KVCache? = nil, cachedPrefix: Int = 0,
+                         onToken: (Int32) throws -> Bool = { _ in true }) throws -> GenerationResult {
         guard !prompt.isEmpty else { throw GenerationError.emptyPrompt }
         guard maxTokens >= 0 else { throw GenerationError.invalidSampling("cannot generate \(maxTokens) tokens") }
         let context = cache?.capacity ?? configuration.maxPositionEmbeddings
         guard prompt.count <= context else { throw GenerationError.promptTooLong(tokens: prompt.count, context: context) }
+        precondition(cachedPrefix == 0 || (cache.map { cachedPrefix <= $0.count } == true && cachedPrefix < prompt.count),
+                     "[LlamaModel.generate] cachedPrefix \(cachedPrefix) is not a prefix the cache holds of a \(prompt.count)-token prompt")
         let cache = try cache ?? KVCache(model: self, capacity: min(context, prompt.count + maxTokens))
-        cache.reset()
-        var result = GenerationResult(tokens: [], stopReason: .maxTokens, promptTokens: prompt.count, promptSeconds: 0,
-                                      decodeSteps: 0, decodeSeconds: 0)
+        cache.truncate(to: cachedPrefix)
+        var result = GenerationResult(tokens: [], stopReason: .maxTokens, promptTokens: prompt.count - cachedPrefix,
+                                      cachedPromptTokens: cachedPrefix, promptSeconds: 0, decodeSteps: 0, decodeSeconds: 0)
         guard maxTokens > 0 else { return result }
         let clock = ContinuousClock()
         let prefillStart = clock.now
-        var logits = try forward(prompt, cache: cache)
+        var logits = try forward(Array(prompt[cachedPrefix...]), cache: cache)
         result.promptSeconds = (clock.now - prefillStart) / .seconds(1)
         let decodeStart = clock.now
         while true {

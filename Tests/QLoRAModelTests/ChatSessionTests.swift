@@ -30,9 +30,30 @@ import _TestSupport
         let ids = (prompt + tokens).map(Int.init)
         #expect(tokenizer.decode(ids) == tokenizer.decode(prompt.map(Int.init)) + first.text)
 
+        // The second turn runs only what follows the part of the conversation the cache holds.
         let second = try session.reply(to: "And then?", maxTokens: 8, sampler: &sampler)
-        #expect(second.generation.promptTokens == (try session.promptIDs(Array(session.messages.prefix(4)))).count)
+        let secondPrompt = try session.promptIDs(Array(session.messages.prefix(4)))
+        #expect(second.generation.cachedPromptTokens + second.generation.promptTokens == secondPrompt.count)
+        // At least the first turn's prompt; the reply's tokens too where its text encodes to the tokens the
+        // model chose (a model may spell a word in pieces the tokenizer would merge).
+        #expect(second.generation.cachedPromptTokens >= prompt.count)
         #expect(session.messages.map(\.role) == [.system, .user, .assistant, .user, .assistant])
+    }
+
+    /// Generation after a prefix the cache already holds (positions and keys from the
+    /// earlier call) picks the tokens a fresh prefill of the whole prompt picks.
+    @Test func aCachedPrefixContinuesLikeAFreshPrefill() throws {
+        let model = loaded.model
+        let first = tokenizer.encode("Once upon a time, there was a little girl").map(Int32.init)
+        let cache = try KVCache(model: model, capacity: 128)
+        var sampler = try Sampler(temperature: 0)
+        let earlier = try model.generate(prompt: first, maxTokens: 6, sampler: &sampler, cache: cache)
+        #expect(cache.count == first.count + 5)
+        let prompt = first + earlier.tokens + tokenizer.encode(" who liked", addSpecialTokens: false).map(Int32.init)
+        let reused = try model.generate(prompt: prompt, maxTokens: 10, sampler: &sampler, cache: cache, cachedPrefix: first.count + 5)
+        let fresh = try model.generate(prompt: prompt, maxTokens: 10, sampler: &sampler)
+        #expect(reused.cachedPromptTokens == first.count + 5 && reused.promptTokens == prompt.count - first.count - 5)
+        #expect(reused.tokens == fresh.tokens)
     }
 
     /// When the conversation outgrows the context, the oldest user/assistant turns go
