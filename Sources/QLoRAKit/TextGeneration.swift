@@ -1,6 +1,13 @@
 import Foundation
 
 extension LlamaModel {
+    /// The tokens that end a text: the tokenizer's EOS ids (generation_config.json's
+    /// eos_token_id among them, which may list BOS for models trained with BOS between
+    /// texts) and config.json's eos_token_id.
+    public func endOfTextTokens(_ tokenizer: Tokenizer) -> Set<Int32> {
+        Set(tokenizer.eosTokenIDs.map(Int32.init) + configuration.eosTokenIDs.map(Int32.init))
+    }
+
     /// Generates after `prompt` and streams the new text as it completes: decoded
     /// as the continuation of the prompt's text (`StreamingDecoder`), cut before the
     /// first of `stops`, none of which is passed on (`StopText`), and ended by a
@@ -71,7 +78,7 @@ public final class ChatSession {
         self.tokenizer = tokenizer
         self.template = template
         messages = system.map { [ChatMessage(role: .system, content: $0)] } ?? []
-        var stopTokens = Set(tokenizer.eosTokenIDs.map(Int32.init) + model.configuration.eosTokenIDs.map(Int32.init))
+        var stopTokens = model.endOfTextTokens(tokenizer)
         var stopStrings = stops
         if let end = template.turnEnd {
             // A marker the tokenizer holds as one token stops on that token, any other on its text.

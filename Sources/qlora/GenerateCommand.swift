@@ -68,9 +68,9 @@ struct GenerateCommand: ParsableCommand {
                 log("KV cache: \(Format.bytes(cache.byteCount)) for \(cache.capacity) tokens; step buffers \(Format.bytes(cache.workspaceByteCount))")
             }
             write(prompt)
-            let stopTokens = Set(tokenizer.eosTokenIDs.map(Int32.init) + llama.configuration.eosTokenIDs.map(Int32.init))
             result = try llama.generateText(prompt: ids, tokenizer: tokenizer, maxTokens: maxTokens, sampler: &sampler,
-                                            stopTokens: stopTokens, stops: sampling.stops, cache: cache, onText: write).result
+                                            stopTokens: llama.endOfTextTokens(tokenizer), stops: sampling.stops, cache: cache,
+                                            onText: write).result
         }
         write("\n")
 
