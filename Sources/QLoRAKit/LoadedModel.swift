@@ -60,6 +60,20 @@ public struct LoadedModel {
         return try ChatTemplate.fromModel(files: files, source: url)
     }
 
+    /// `body`'s result given the template for chat data: `chosen`, else the model's own
+    /// (nil without one). An unusable template of the model's own is no error until
+    /// `body` finds it needs one (`ChatTemplateError.missing`): then that error says why.
+    public func withChatTemplate<T>(_ chosen: ChatTemplate? = nil, _ body: (ChatTemplate?) throws -> T) throws -> T {
+        if let chosen { return try body(chosen) }
+        let own = Result { try chatTemplate() }
+        do {
+            return try body(try? own.get())
+        } catch let error as ChatTemplateError {
+            if case .missing = error { _ = try own.get() }
+            throw error
+        }
+    }
+
     /// Bytes of the model's weights on disk: the packed file, or the folder's safetensors files.
     public var weightFileBytes: Int {
         if let checkpoint { return checkpoint.file.size }

@@ -58,8 +58,7 @@ struct BenchAccuracyCommand: ParsableCommand {
     @Flag(name: .customLong("no-eos"), help: "Fine-tuning, and --data in the fine-tuning formats: do not append the tokenizer's end-of-sequence token to texts and completions.")
     var noEOS = false
 
-    @Option(name: .customLong("chat-template"), help: "Chat template for \"messages\" in --data: chatml, llama-2 or zephyr (default: the model's own, if recognised).")
-    var chatTemplate: String?
+    @OptionGroup var chatTemplate: ChatTemplateOption
 
     @Flag(help: "Print results.json instead of the Markdown tables (with --finetune, an object holding it as \"results\" and finetune.json as \"finetune\").")
     var json = false
@@ -92,12 +91,10 @@ struct BenchAccuracyCommand: ParsableCommand {
             var sweep = AccuracySweep(model: modelURL, data: URL(fileURLWithPath: data), output: URL(fileURLWithPath: output),
                                       specs: AccuracySweep.specs(types: types, blockSizes: blocks, doubleQuant: choice),
                                       context: context, overwrite: overwrite, finetune: tuning)
-            sweep.chatTemplate = try chatTemplate.map(ChatTemplate.named)
+            sweep.chatTemplate = try chatTemplate.template()
             sweep.appendEOS = !noEOS
             return sweep
         } catch let error as AccuracySweepError {
-            throw ValidationError(error.localizedDescription)
-        } catch let error as ChatTemplateError {
             throw ValidationError(error.localizedDescription)
         }
     }

@@ -24,8 +24,7 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "The data: plain text, or JSON lines with \"text\", \"input_ids\", \"prompt\"/\"completion\" or \"messages\".")
     var data: String
 
-    @Option(name: .customLong("chat-template"), help: "Chat template for \"messages\" data: chatml, llama-2 or zephyr (default: the model's own, if recognised).")
-    var chatTemplate: String?
+    @OptionGroup var chatTemplate: ChatTemplateOption
 
     @Flag(name: .customLong("no-eos"), help: "Do not end completions with the end-of-sequence token (for data trained with --no-eos).")
     var noEOS = false
@@ -41,25 +40,14 @@ struct EvalCommand: ParsableCommand {
 
     @OptionGroup var compute: ComputeThreads
 
-    func validate() throws {
-        if let chatTemplate {
-            do { _ = try ChatTemplate.named(chatTemplate) } catch { throw ValidationError(error.localizedDescription) }
-        }
-    }
-
     func run() throws {
         try compute.apply()
         let loaded = try model.load()
         let referenceModel = try reference.map { try LoadedModel(contentsOf: URL(fileURLWithPath: $0)).model }
         let dataURL = URL(fileURLWithPath: data)
-        let template = Result { try chatTemplate.map(ChatTemplate.named) ?? loaded.chatTemplate() }
-        let sequences: EvaluationSet
-        do {
-            sequences = try EvaluationData.load(dataURL, vocabularySize: loaded.model.configuration.vocabularySize,
-                                                chatTemplate: try? template.get(), appendEOS: !noEOS, tokenizer: loaded.tokenizer)
-        } catch let error as ChatTemplateError {
-            if case .missing = error { _ = try template.get() } // the model's template is there but unusable: say why
-            throw error
+        let sequences = try loaded.withChatTemplate(chatTemplate.template()) { template in
+            try EvaluationData.load(dataURL, vocabularySize: loaded.model.configuration.vocabularySize, chatTemplate: template,
+                                    appendEOS: !noEOS, tokenizer: loaded.tokenizer)
         }
         let evaluator = try Evaluator(model: loaded.model, reference: referenceModel, context: context)
         let result = try evaluator.evaluate(sequences)

@@ -35,7 +35,7 @@ struct GenerateCommand: ParsableCommand {
 
     func validate() throws {
         guard maxTokens > 0 else { throw ValidationError("--max-tokens must be positive, not \(maxTokens)") }
-        if !chat && (chatting.chatTemplate != nil || chatting.system != nil) { throw ValidationError("--chat-template and --system need --chat") }
+        if !chat && (chatting.chatTemplate.name != nil || chatting.system != nil) { throw ValidationError("--chat-template and --system need --chat") }
         if chat && truncatePrompt { throw ValidationError("--truncate-prompt does not apply to --chat, whose message must fit the context") }
     }
 
@@ -56,7 +56,7 @@ struct GenerateCommand: ParsableCommand {
         let result: GenerationResult
         if chat {
             let template = try chatting.template(of: loaded)
-            if verbose { log("chat template: \(template)" + (chatting.chatTemplate == nil ? " (the model's own)" : "")) }
+            if verbose { log("chat template: \(template)" + (chatting.chatTemplate.name == nil ? " (the model's own)" : "")) }
             let session = ChatSession(model: llama, tokenizer: tokenizer, template: template, system: chatting.system, stops: sampling.stops)
             result = try session.reply(to: prompt, maxTokens: maxTokens, sampler: &sampler, onText: write).generation
         } else {

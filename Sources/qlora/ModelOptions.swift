@@ -24,24 +24,34 @@ struct ModelOptions: ParsableArguments {
     }
 }
 
+/// --chat-template, for every command that renders chats.
+struct ChatTemplateOption: ParsableArguments {
+    @Option(name: .customLong("chat-template"), help: "Chat template for chats: chatml, llama-2 or zephyr (default: the model's own, if recognised).")
+    var name: String?
+
+    func validate() throws { _ = try template() }
+
+    /// The built-in template named, nil without --chat-template.
+    func template() throws -> ChatTemplate? {
+        do {
+            return try name.map(ChatTemplate.named)
+        } catch {
+            throw ValidationError(error.localizedDescription)
+        }
+    }
+}
+
 /// The chat template and system message of `generate --chat` and `chat`.
 struct ChatOptions: ParsableArguments {
-    @Option(name: .customLong("chat-template"), help: "Chat template: chatml, llama-2 or zephyr (default: the model's own, if recognised).")
-    var chatTemplate: String?
+    @OptionGroup var chatTemplate: ChatTemplateOption
 
     @Option(help: "A system message that opens the conversation.")
     var system: String?
 
-    func validate() throws {
-        if let chatTemplate {
-            do { _ = try ChatTemplate.named(chatTemplate) } catch { throw ValidationError(error.localizedDescription) }
-        }
-    }
-
     /// --chat-template, else the model's own.
     /// - Throws: `ChatTemplateError` when the model has none (or one this engine cannot render).
     func template(of loaded: LoadedModel) throws -> ChatTemplate {
-        guard let template = try chatTemplate.map(ChatTemplate.named) ?? loaded.chatTemplate() else {
+        guard let template = try chatTemplate.template() ?? loaded.chatTemplate() else {
             throw ChatTemplateError.missing(loaded.url)
         }
         return template

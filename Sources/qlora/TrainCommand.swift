@@ -47,17 +47,12 @@ struct TrainCommand: ParsableCommand {
         try compute.apply()
         let loaded = try LoadedModel(contentsOf: URL(fileURLWithPath: model))
         let tokenizer = try loaded.tokenizer()
-        // The model's own chat template matters only for chat data: its error waits until then.
-        let template = Result { try loaded.chatTemplate() }
-        let trainer: Trainer
-        do {
-            trainer = try Trainer(model: loaded.model, tokenizer: tokenizer, dataset: URL(fileURLWithPath: data),
-                                  output: URL(fileURLWithPath: output), configuration: try settings.configuration(),
-                                  chatTemplate: try? template.get(), baseModelName: loaded.url.lastPathComponent,
-                                  memoryLimit: maxMemory.flatMap(MemorySize.parse))
-        } catch let error as ChatTemplateError {
-            if case .missing = error { _ = try template.get() } // the model's template is there but unusable: say why
-            throw error
+        // --chat-template reaches the trainer in the configuration, which takes precedence over the model's own.
+        let trainer = try loaded.withChatTemplate { template in
+            try Trainer(model: loaded.model, tokenizer: tokenizer, dataset: URL(fileURLWithPath: data),
+                        output: URL(fileURLWithPath: output), configuration: try settings.configuration(),
+                        chatTemplate: template, baseModelName: loaded.url.lastPathComponent,
+                        memoryLimit: maxMemory.flatMap(MemorySize.parse))
         }
         let reporter = TrainingReporter()
         reporter.describe(trainer, model: loaded)
@@ -137,8 +132,7 @@ struct TrainingOptions: ParsableArguments {
     @Option(name: .customLong("keep-checkpoints"), help: "How many of the newest checkpoints to keep.")
     var keepCheckpoints = 2
 
-    @Option(name: .customLong("chat-template"), help: "Chat template for chat data: chatml, llama-2 or zephyr (default: the model's own, if recognised).")
-    var chatTemplate: String?
+    @OptionGroup var chatTemplate: ChatTemplateOption
 
     @Flag(name: .customLong("loss-on-prompt"), help: "Train on prompts and user turns too, not only on completions and assistant turns.")
     var lossOnPrompt = false
@@ -153,14 +147,11 @@ struct TrainingOptions: ParsableArguments {
         guard let initialization = LoRAConfiguration.Initialization(rawValue: initialization) else {
             throw ValidationError("--initialization must be peft or gaussian, not \(self.initialization)")
         }
-        if let template = chatTemplate {
-            do { _ = try ChatTemplate.named(template) } catch { throw ValidationError(error.localizedDescription) }
-        }
         let lora = LoRAConfiguration(rank: rank, alpha: alpha, targetModules: try adapted.modules(), useRSLoRA: rslora,
                                      dropout: dropout, layers: try adapted.layerList(), initialization: initialization)
         let configuration = TrainingConfiguration(
             lora: lora, loftqReference: loftqReference, maxSequenceLength: maxSeqLen, batchSize: batchSize, gradientAccumulation: gradAccum,
-            batching: packing ? .packed : .padded, lossOnPrompt: lossOnPrompt, appendEOS: !noEOS, chatTemplate: chatTemplate,
+            batching: packing ? .packed : .padded, lossOnPrompt: lossOnPrompt, appendEOS: !noEOS, chatTemplate: chatTemplate.name,
             learningRate: learningRate, schedule: schedule, warmupSteps: warmup, weightDecay: weightDecay,
             maxGradientNorm: maxGradNorm > 0 ? maxGradNorm : nil,
             duration: steps.map { .steps($0) } ?? .epochs(epochs ?? 1), seed: seed, gradientCheckpointing: gradCheckpoint,

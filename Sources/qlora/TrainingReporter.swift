@@ -38,9 +38,9 @@ final class TrainingReporter {
     /// step with a checkpoint that --resume continues from; a second quits at once.
     func run(_ trainer: Trainer, resume: Bool = false, interruptible: Bool = false) throws -> TrainingSummary {
         defer { line.finish() }
-        let interruption = TrainingInterruption()
+        let interruption = interruptible ? TrainingInterruption() : nil
         var source: (any DispatchSourceSignal)?
-        if interruptible {
+        if let interruption {
             signal(SIGINT, SIG_IGN)
             let s = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
             s.setEventHandler {
