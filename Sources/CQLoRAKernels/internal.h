@@ -108,6 +108,10 @@ void qk_block_steps_avx2(float *restrict d, const qk_packed *w, int64_t first, i
 // qgemm_avx512.c: whether the AVX-512 sub-paths may run (the switch is on and
 // the CPU has AVX-512F), and the few-rows paths.
 int qk_avx512_allowed(void);
+// scales_vbmi.c: whether the CPU has AVX-512 VBMI (and AVX-512 may run), and
+// DQ8 absmax values of blocks [first, first + count) decoded with it.
+int qk_vbmi_allowed(void);
+void qk_dq8_absmax_vbmi(float *restrict absmax, const qk_packed *w, int64_t first, int64_t count);
 int qk_gemv_avx512_applies(const qk_packed *w, int64_t n);
 void qk_gemv_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
                             int64_t begin, int64_t end);

@@ -71,36 +71,20 @@ AVX512_INLINE void prefetch_lines(const char *base, size_t from, size_t to) {
     for (size_t at = (from + 63) & ~(size_t)63; at < to; at += 64) _mm_prefetch(base + at, _MM_HINT_T0);
 }
 
-_Static_assert(QK_DQ_GROUP == 256, "block_steps finds a lane's group with a shift by 8");
-
-// qk_block_steps_avx2 with 16-wide gathers of the DQ8 code table (half the
-// gathers of AVX2, which cost a few percent of a 4-bit GEMV); the same two
-// roundings per scale, so the same bits.
+// Steps of blocks [first, first + count) of w: DQ8 scales through the VBMI
+// byte lookups where the CPU has them (a gather of the code table costs
+// several times more), otherwise as AVX2 does; the same bits either way.
 AVX512_INLINE void block_steps(float *restrict d, const qk_packed *w, int64_t first, int64_t count) {
-    if (w->scale_kind != QK_SCALE_DQ8) {
+    if (w->scale_kind != QK_SCALE_DQ8 || !qk_vbmi_allowed()) {
         qk_block_steps_avx2(d, w, first, count);
         return;
     }
-    const uint8_t *q = (const uint8_t *)w->scales;
-    const __m512 off = _mm512_set1_ps(w->offset);
-    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    int64_t i = 0;
-    for (; i + 16 <= count; i += 16) {
-        const int64_t b = first + i, g = b / QK_DQ_GROUP;
-        const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + b)));
-        // Sixteen blocks that straddle two groups (rows whose block count is
-        // not a multiple of 16) gather each lane's group scale.
-        const __m512 group = g == (b + 15) / QK_DQ_GROUP
-            ? _mm512_set1_ps(w->group_scales[g])
-            : _mm512_i32gather_ps(_mm512_srli_epi32(_mm512_add_epi32(_mm512_set1_epi32((int)(b - g * QK_DQ_GROUP)), lanes), 8),
-                                  w->group_scales + g, 4);
-        const __m512 v = _mm512_mul_ps(_mm512_i32gather_ps(idx, qk_dynamic8_table, 4), group);
-        _mm512_storeu_ps(d + i, _mm512_add_ps(v, off));
-    }
-    if (i < count) qk_block_steps_avx2(d + i, w, first + i, count - i);
+    qk_dq8_absmax_vbmi(d, w, first, count);
     if (w->type == QK_TYPE_INT8 || w->type == QK_TYPE_INT4) {
-        const __m512 div = _mm512_set1_ps(w->type == QK_TYPE_INT8 ? 127.0f : 7.0f);
-        for (int64_t j = 0; j < i; j += 16) _mm512_storeu_ps(d + j, _mm512_div_ps(_mm512_loadu_ps(d + j), div));
+        const float div = w->type == QK_TYPE_INT8 ? 127.0f : 7.0f;
+        int64_t i = 0;
+        for (; i + 16 <= count; i += 16) _mm512_storeu_ps(d + i, _mm512_div_ps(_mm512_loadu_ps(d + i), _mm512_set1_ps(div)));
+        for (; i < count; i++) d[i] = d[i] / div;
     }
 }
 

@@ -142,6 +142,28 @@ enum KernelVariant {
         }
     }
 
+    /// The VBMI decoder of double-quantized scales gives the reference's bits
+    /// for windows that start anywhere, end anywhere and straddle the
+    /// 256-block groups (1400 blocks: six groups).
+    @Test(.enabled(if: vbmiDecodes(), "the CPU has no AVX-512 VBMI"))
+    func vbmiScaleDecodeIsExact() throws {
+        let c = try PackedCase(QuantSpec(type: .nf4, blockSize: 32, scaleKind: .dq8), rows: 35, cols: 1280, seed: 12)
+        let blocks = 35 * 1280 / 32
+        var reference = [Float](repeating: 0, count: blocks)
+        c.layer.withView { qk_scales_decode(&reference, $0, 0, Int64(blocks)) }
+        try KernelVariant.lock.withLock {
+            for first in stride(from: 0, to: blocks, by: 37) {
+                for count in [1, 15, 16, 63, 64, 65, 130, 300] where first + count <= blocks {
+                    var decoded = [Float](repeating: .nan, count: count + 1)
+                    let ran = c.layer.withView { qk_scales_decode_vbmi(&decoded, $0, Int64(first), Int64(count)) }
+                    try #require(ran == 1)
+                    #expect(Array(decoded[0..<count]) == Array(reference[first..<(first + count)]), "blocks \(first)+\(count)")
+                    #expect(decoded[count].isNaN, "blocks \(first)+\(count): wrote past the window")
+                }
+            }
+        }
+    }
+
     /// Many rows: more than one pass of the tiled GEMM over W (the passes take at
     /// most 516 rows), W tiles of 128 columns and narrower, partial last panels,
     /// and (37 × 300) blocks that straddle rows. Slicing must not change the
@@ -271,6 +293,21 @@ enum KernelVariant {
             var part = [Float](repeating: .nan, count: len)
             c.layer.withView { qk_dequantize_span(&part, $0, Int64(first), Int64(len), &tmp) }
             #expect(part == Array(blocks[first..<(first + len)]), "span \(first)+\(len)")
+        }
+    }
+}
+
+/// Whether qk_scales_decode_vbmi runs on this CPU (with AVX-512 allowed).
+func vbmiDecodes() -> Bool {
+    KernelVariant.lock.withLock {
+        var one: Float = 0
+        let q: UInt8 = 0
+        var group: Float = 1
+        return withUnsafePointer(to: q) { q in
+            var w = qk_packed(
+                type: QuantType.nf4.code, block_size: 64, scale_kind: Int32(QK_SCALE_DQ8.rawValue), reserved: 0, rows: 1,
+                cols: 64, codes: nil, scales: UnsafeRawPointer(q), group_scales: &group, offset: 0)
+            return qk_scales_decode_vbmi(&one, &w, 0, 1) == 1
         }
     }
 }

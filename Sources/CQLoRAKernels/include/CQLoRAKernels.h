@@ -139,6 +139,10 @@ void qk_double_quantize(uint8_t *restrict q, float *restrict group_scales, float
 
 /// Decode the stored scales of blocks [first, first + count) of `w` to fp32.
 void qk_scales_decode(float *restrict absmax, const qk_packed *w, int64_t first, int64_t count);
+/// The same for DQ8 scales through the AVX-512 VBMI decoder the few-rows
+/// products use (for tests): returns 0 and writes nothing where it does not
+/// run (other scale kinds, no VBMI, or AVX-512 switched off).
+int qk_scales_decode_vbmi(float *restrict absmax, const qk_packed *w, int64_t first, int64_t count);
 
 /// fp16 <-> fp32 (round to nearest even) and bf16 -> fp32, for checkpoints and F16 scales.
 /// NaNs convert as x86 F16C does: quieted, payload kept (truncated to fp16's 10 bits).
