@@ -113,8 +113,10 @@ int qk_avx512_allowed(void);
 int qk_vbmi_allowed(void);
 void qk_dq8_absmax_vbmi(float *restrict absmax, const qk_packed *w, int64_t first, int64_t count);
 int qk_gemv_avx512_applies(const qk_packed *w, int64_t n);
+// Scratch floats the few-rows forward needs for n rows of x (x in chunk order).
+size_t qk_gemv_avx512_scratch_floats(const qk_packed *w, int64_t n);
 void qk_gemv_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
-                            int64_t begin, int64_t end);
+                            int64_t begin, int64_t end, float *restrict scratch);
 void qk_gemv_backward_avx512(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
                              int64_t begin, int64_t end, int32_t accumulate);
 // qgemm_tiled_avx512.c: the many-rows products, when the CPU has AVX-512F.

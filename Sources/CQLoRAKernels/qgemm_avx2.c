@@ -589,6 +589,7 @@ size_t qk_matmul_scratch_floats_avx2(const qk_packed *w, int64_t n, int32_t dire
     size_t floats = gemv_applies(w, n) ? (size_t)(n * w->cols) : 0;
     if (tile_scratch_floats() > floats) floats = tile_scratch_floats();
     if (qk_tiled_avx512_scratch_floats() > floats) floats = qk_tiled_avx512_scratch_floats();
+    if (qk_gemv_avx512_scratch_floats(w, n) > floats) floats = qk_gemv_avx512_scratch_floats(w, n);
     return floats;
 }
 
@@ -599,7 +600,7 @@ void qk_matmul_forward_avx2(float *restrict y, const float *restrict x, int64_t 
         for (int64_t i = 0; i < n; i++) memset(y + i * w->rows + begin, 0, (size_t)(end - begin) * sizeof(float));
         return;
     }
-    if (qk_gemv_avx512_applies(w, n)) qk_gemv_forward_avx512(y, x, n, w, begin, end);
+    if (qk_gemv_avx512_applies(w, n)) qk_gemv_forward_avx512(y, x, n, w, begin, end, scratch);
     else if (gemv_applies(w, n)) gemv_forward_any(y, x, n, w, begin, end, scratch);
     else if (qk_avx512_allowed()) qk_tiled_forward_avx512(y, x, n, w, begin, end, scratch);
     else tiled_forward(y, x, n, w, begin, end, scratch);

@@ -7,6 +7,9 @@
 // are sign-extended and converted, 16 at a time.
 // The forward scales each block's lookup table (4-bit) or partial sums
 // (INT8) once; the backward scales dy by the block step once per block.
+// A single row of x through a 4-bit weight (decode, the case memory bandwidth
+// bounds) takes a leaner path that drops the zero-extensions: see
+// chunked_forward.
 // 32 registers hold the sums of up to 8 rows of x, so this path also covers
 // small batches (QK_GEMV512_MAX_N) that AVX2 hands to the tiled GEMM.
 #include "CQLoRAKernels.h"
@@ -155,6 +158,129 @@ AVX512_INLINE void forward_rows(float *restrict y, const float *restrict x, cons
     for (; o < end; o++) forward_group(y, x, w, o, table, NT, 1, int8);
 }
 
+// One row of x (decode), 4-bit types: the codes are read 64 bytes at a time
+// as 16 dwords, each holding eight codes, and looked up eight times with
+// shifts of 4: 8 lookups per 64 bytes against 12 shuffles (zero-extensions
+// included) in natural order, and one stream of codes per row. Lane i of
+// lookup k holds the weight of nibble k of dword i, so x is first permuted
+// into that order (chunk_order_x) in the caller's scratch. Each chunk's sums
+// are scaled once, lane by lane, by the step of the block the lane lies in.
+enum { CHUNK = 64, CHUNK_WEIGHTS = 128 };
+
+size_t qk_gemv_avx512_scratch_floats(const qk_packed *w, int64_t n) {
+    if (n != 1 || w->type == QK_TYPE_INT8) return 0;
+    return (size_t)((w->cols / 2 + CHUNK - 1) / CHUNK) * CHUNK_WEIGHTS;
+}
+
+// xp[128 c + 16 k + i] = the weight of nibble k (low, high, low, ...) of byte
+// 64 c + 4 i + k / 2 of a row: the low nibble of byte p of a block is weight p
+// of the block, the high nibble weight B/2 + p. Bytes past the row give 0.
+// Runs of 16 bytes never straddle a half block (B/2 >= 16), so each is one
+// load of x for its low nibbles and one for its high nibbles.
+AVX512 static void chunk_order_x(float *restrict xp, const float *restrict x, int64_t in, int64_t B) {
+    const int64_t half = B / 2, row_bytes = in / 2, chunks = (row_bytes + CHUNK - 1) / CHUNK;
+    // Lane i of a lookup takes byte 4 i + m of the chunk: byte 4 (i % 4) + m of run i / 4.
+    __m512i pick[4];
+    for (int m = 0; m < 4; m++) {
+        int32_t idx[16];
+        for (int i = 0; i < 16; i++) idx[i] = (i % 8) / 4 * 16 + 4 * (i % 4) + m;
+        pick[m] = _mm512_loadu_si512(idx);
+    }
+    for (int64_t c = 0; c < chunks; c++) {
+        __m512 lo[4], hi[4];
+        for (int s = 0; s < 4; s++) {
+            const int64_t p = c * CHUNK + 16 * s, col = p / half * B + p % half;
+            lo[s] = p < row_bytes ? _mm512_loadu_ps(x + col) : _mm512_setzero_ps();
+            hi[s] = p < row_bytes ? _mm512_loadu_ps(x + col + half) : _mm512_setzero_ps();
+        }
+        for (int m = 0; m < 4; m++) {
+            _mm512_storeu_ps(xp + c * CHUNK_WEIGHTS + 32 * m, _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(lo[0], pick[m], lo[1]),
+                                                                             _mm512_permutex2var_ps(lo[2], pick[m], lo[3])));
+            _mm512_storeu_ps(xp + c * CHUNK_WEIGHTS + 32 * m + 16, _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(hi[0], pick[m], hi[1]),
+                                                                                  _mm512_permutex2var_ps(hi[2], pick[m], hi[3])));
+        }
+    }
+}
+
+// The step of each lane's block in a chunk whose first block's step is d[0].
+AVX512_INLINE __m512 chunk_steps(const float *d, const int B) {
+    if (B >= 128) return _mm512_set1_ps(d[0]);
+    if (B == 64) return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(d[0])),
+                                                             _mm256_castps_pd(_mm256_set1_ps(d[1])), 1));
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), _mm512_loadu_ps(d));
+}
+
+// acc[r] += the scaled sums of chunk c of rows r < R, whose first block's
+// step is d[r][first]; `mask` selects the dwords of a short last chunk.
+AVX512_INLINE void chunk_rows(__m512 *acc, const uint8_t *const *row, int64_t c, const float *restrict xc,
+                              float (*d)[STEPS + 16], int64_t first, __m512 table, const int R, const int B,
+                              __mmask16 mask) {
+    __m512i q[2];
+    __m512 p0[2], p1[2];
+    for (int r = 0; r < R; r++) q[r] = _mm512_maskz_loadu_epi32(mask, row[r] + c * CHUNK);
+    for (int k = 0; k < 8; k += 2) {
+        const __m512 x0 = _mm512_loadu_ps(xc + 16 * k), x1 = _mm512_loadu_ps(xc + 16 * k + 16);
+        for (int r = 0; r < R; r++) {
+            const __m512 v0 = _mm512_permutexvar_ps(_mm512_srli_epi32(q[r], 4 * k), table);
+            const __m512 v1 = _mm512_permutexvar_ps(_mm512_srli_epi32(q[r], 4 * k + 4), table);
+            p0[r] = k ? _mm512_fmadd_ps(v0, x0, p0[r]) : _mm512_mul_ps(v0, x0);
+            p1[r] = k ? _mm512_fmadd_ps(v1, x1, p1[r]) : _mm512_mul_ps(v1, x1);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        acc[r] = _mm512_fmadd_ps(_mm512_add_ps(p0[r], p1[r]), chunk_steps(d[r] + first, B), acc[r]);
+}
+
+// Rows [o, o + R) of y = x·Wᵀ, R <= 2: two rows share the loads of x while
+// each still reads one stream of codes (more streams at once were slower from
+// memory), and the next rows' codes are prefetched as in forward_group.
+AVX512_INLINE void chunked_group(float *restrict y, const float *restrict xp, const qk_packed *w, int64_t o,
+                                 __m512 table, const int R, const int B) {
+    const int64_t in = w->cols, bpr = in / B, row_bytes = in / 2, full = row_bytes / CHUNK;
+    const __mmask16 tail = (__mmask16)((1u << (row_bytes % CHUNK / 4)) - 1);
+    // Chunks per refill of STEPS block steps (B = 256: half a block per chunk).
+    const int64_t per = (int64_t)STEPS * B / CHUNK_WEIGHTS;
+    float d[2][STEPS + 16];
+    const uint8_t *row[2];
+    const char *next = (const char *)(w->codes + (size_t)(o + R) * row_bytes);
+    const int prefetch = o + 2 * R <= w->rows;
+    __m512 acc[2];
+    for (int r = 0; r < R; r++) {
+        acc[r] = _mm512_setzero_ps();
+        row[r] = w->codes + (size_t)(o + r) * row_bytes;
+    }
+    for (int64_t c0 = 0; c0 * CHUNK < row_bytes; c0 += per) {
+        const int64_t b = c0 * CHUNK_WEIGHTS / B, count = bpr - b < STEPS ? bpr - b : STEPS;
+        for (int r = 0; r < R; r++) block_steps(d[r], w, (o + r) * bpr + b, count);
+        const int64_t c1 = c0 + per < full ? c0 + per : full;
+        for (int64_t c = c0; c < c1; c++) {
+            if (prefetch)
+                for (int r = 0; r < R; r++) _mm_prefetch(next + (c * R + r) * CHUNK, _MM_HINT_T0);
+            chunk_rows(acc, row, c, xp + c * CHUNK_WEIGHTS, d, (c - c0) * CHUNK_WEIGHTS / B, table, R, B, 0xFFFF);
+        }
+        if (tail && full >= c0 && full < c0 + per)
+            chunk_rows(acc, row, full, xp + full * CHUNK_WEIGHTS, d, (full - c0) * CHUNK_WEIGHTS / B, table, R, B, tail);
+    }
+    for (int r = 0; r < R; r++) y[o + r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+AVX512 static void chunked_forward(float *restrict y, const float *restrict x, const qk_packed *w, int64_t begin,
+                                   int64_t end, float *restrict scratch) {
+    chunk_order_x(scratch, x, w->cols, w->block_size);
+    const __m512 table = table_of(w->type);
+    int64_t o = begin;
+#define ROWS(B)                                                                       \
+    for (; o + 2 <= end; o += 2) chunked_group(y, scratch, w, o, table, 2, B);         \
+    if (o < end) chunked_group(y, scratch, w, o, table, 1, B);
+    switch (w->block_size) {
+    case 32: ROWS(32) break;
+    case 64: ROWS(64) break;
+    case 128: ROWS(128) break;
+    default: ROWS(256) break;
+    }
+#undef ROWS
+}
+
 // Rows [o, o + R) of W (R a constant: the loop over rows unrolls) over blocks
 // [b0, b1) of the slice: dx += dy[:, o..o+R) · W[o..o+R, slice]. Each dx
 // vector is loaded and stored once per R rows; every dx element still sums
@@ -218,7 +344,11 @@ AVX512_INLINE void backward_rows(float *restrict dx, const float *restrict dy, c
 }
 
 AVX512 void qk_gemv_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
-                                   int64_t begin, int64_t end) {
+                                   int64_t begin, int64_t end, float *restrict scratch) {
+    if (n == 1 && w->type != QK_TYPE_INT8) {
+        chunked_forward(y, x, w, begin, end, scratch);
+        return;
+    }
 #define FWD(NT)                                                                                \
     if (w->type == QK_TYPE_INT8) forward_rows(y, x, w, begin, end, NT, 1);                     \
     else forward_rows(y, x, w, begin, end, NT, 0);

@@ -142,6 +142,26 @@ enum KernelVariant {
         }
     }
 
+    /// One row of x through a 4-bit weight (decode): AVX-512 reads each row's
+    /// codes in 64-byte chunks, so rows of 17 and 19 blocks of 32 or 64 end in
+    /// a chunk of 16, 32 or 48 bytes, and rows of 65 blocks refill the block
+    /// steps mid-row (64 at a time); 5 rows make two pairs and a single row.
+    @Test(arguments: allSpecs.filter { $0.type != .int8 })
+    func decodeRowMatchesReference(spec: QuantSpec) throws {
+        for (i, blocks) in [17, 19, 65].enumerated() {
+            let (rows, cols) = (5, blocks * spec.blockSize)
+            let c = try PackedCase(spec, rows: rows, cols: cols, seed: UInt64(40 + i))
+            var rng = SeededGenerator(seed: UInt64(50 + i))
+            let x = rng.gaussian(count: cols)
+            let yRef = c.forward(x, n: 1, slices: 1, reference: true)
+            KernelVariant.both { variant in
+                let y = c.forward(x, n: 1, slices: 3, reference: false)
+                #expect(relativeError(y, yRef) < Self.tolerance, "\(spec) \(rows)x\(cols) \(variant)")
+                #expect(c.forward(x, n: 1, slices: 1, reference: false) == y, "\(spec) \(rows)x\(cols) \(variant): slicing")
+            }
+        }
+    }
+
     /// The VBMI decoder of double-quantized scales gives the reference's bits
     /// for windows that start anywhere, end anywhere and straddle the
     /// 256-block groups (1400 blocks: six groups).
