@@ -160,8 +160,9 @@ AVX512_INLINE void forward_rows(float *restrict y, const float *restrict x, cons
 
 // One row of x (decode), 4-bit types: the codes are read 64 bytes at a time
 // as 16 dwords, each holding eight codes, and looked up eight times with
-// shifts of 4: 8 lookups per 64 bytes against 12 shuffles (zero-extensions
-// included) in natural order, and one stream of codes per row. Lane i of
+// shifts of 4: 8 shuffles and 7 shifts per 64 bytes, against 12 shuffles (the
+// zero-extensions are shuffles too) and 4 shifts in natural order; shuffles
+// are what a Zen 4 core runs out of first. Lane i of
 // lookup k holds the weight of nibble k of dword i, so x is first permuted
 // into that order (chunk_order_x) in the caller's scratch. Each chunk's sums
 // are scaled once, lane by lane, by the step of the block the lane lies in.
