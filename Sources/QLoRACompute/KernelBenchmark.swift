@@ -340,7 +340,10 @@ public final class KernelBenchmark {
 
     private static func isaName(_ isa: qk_isa, cpuFlags: Set<Substring>) -> String {
         switch isa {
-        case QK_ISA_AVX2: cpuFlags.contains("avx512f") ? "AVX2+FMA, AVX-512F for few-rows decode" : "AVX2+FMA"
+        case QK_ISA_AVX2:
+            !cpuFlags.contains("avx512f") ? "AVX2+FMA"
+                : cpuFlags.contains("avx512vbmi") ? "AVX2+FMA, AVX-512F products, AVX-512 VBMI scale decoding"
+                : "AVX2+FMA, AVX-512F products"
         case QK_ISA_NEON: "NEON"
         default: "scalar"
         }
