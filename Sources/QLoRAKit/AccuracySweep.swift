@@ -351,10 +351,9 @@ public struct AccuracySweep: Sendable {
         }
 
         let tokenizer = try Tokenizer(directory: model)
-        // Without a usable template of its own or a named one, loading chats says so.
-        let template = chatTemplate ?? (try? ChatTemplate.fromModel(directory: model)) ?? nil
-        let sequences = try EvaluationData.load(data, vocabularySize: c.vocabularySize, chatTemplate: template,
-                                                appendEOS: appendEOS) { tokenizer }
+        let sequences = try ChatTemplate.resolving(chatTemplate, own: { try ChatTemplate.fromModel(directory: model) }) { template in
+            try EvaluationData.load(data, vocabularySize: c.vocabularySize, chatTemplate: template, appendEOS: appendEOS) { tokenizer }
+        }
         let context = self.context ?? min(c.maxPositionEmbeddings, 2048)
         guard (2...c.maxPositionEmbeddings).contains(context) else {
             throw AccuracySweepError.invalidContext(context, limit: c.maxPositionEmbeddings)

@@ -61,17 +61,9 @@ public struct LoadedModel {
     }
 
     /// `body`'s result given the template for chat data: `chosen`, else the model's own
-    /// (nil without one). An unusable template of the model's own is no error until
-    /// `body` finds it needs one (`ChatTemplateError.missing`): then that error says why.
+    /// (`ChatTemplate.resolving`).
     public func withChatTemplate<T>(_ chosen: ChatTemplate? = nil, _ body: (ChatTemplate?) throws -> T) throws -> T {
-        if let chosen { return try body(chosen) }
-        let own = Result { try chatTemplate() }
-        do {
-            return try body(try? own.get())
-        } catch let error as ChatTemplateError {
-            if case .missing = error { _ = try own.get() }
-            throw error
-        }
+        try ChatTemplate.resolving(chosen, own: chatTemplate, body)
     }
 
     /// Bytes of the model's weights on disk: the packed file, or the folder's safetensors files.

@@ -50,6 +50,22 @@ extension ChatTemplate {
         return try fromModel(files: files, source: directory)
     }
 
+    /// `body`'s result given the template for chat data: `chosen`, else the model's own
+    /// (`own()`, nil without one). An unusable template of the model's own is no error
+    /// until `body` finds it needs one (`ChatTemplateError.missing`): then that error
+    /// says why, naming the model's file.
+    public static func resolving<T>(_ chosen: ChatTemplate?, own: () throws -> ChatTemplate?,
+                                    _ body: (ChatTemplate?) throws -> T) throws -> T {
+        if let chosen { return try body(chosen) }
+        let model = Result { try own() }
+        do {
+            return try body(try? model.get())
+        } catch let error as ChatTemplateError {
+            if case .missing = error { _ = try model.get() }
+            throw error
+        }
+    }
+
     /// `fromModel(directory:)` over files already read (a packed checkpoint embeds
     /// them): `files` maps names from `modelFileNames` to contents; errors name
     /// them as if they were in the folder `source`.

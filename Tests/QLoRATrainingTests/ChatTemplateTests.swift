@@ -115,4 +115,20 @@ import _TestSupport
             .bos, .text("[INST] hi [/INST]", trained: false), .text(" yo ", trained: true), .eos(trained: true),
         ])
     }
+
+    /// A named template wins; the model's own serves otherwise, and when it is unusable
+    /// that is no error until a chat needs a template, which then reports why.
+    @Test func resolvingPrefersTheNamedTemplateAndExplainsAnUnusableOne() throws {
+        let file = URL(fileURLWithPath: "/model/tokenizer_config.json")
+        let unusable: () throws -> ChatTemplate? = { throw ChatTemplateError.unrecognised(file) }
+        #expect(try ChatTemplate.resolving(.chatML, own: unusable) { $0 } == .chatML)
+        #expect(try ChatTemplate.resolving(nil, own: { .zephyr }) { $0 } == .zephyr)
+        #expect(try ChatTemplate.resolving(nil, own: unusable) { $0 } == nil)
+        #expect(throws: ChatTemplateError.unrecognised(file)) {
+            try ChatTemplate.resolving(nil, own: unusable) { template -> Int in
+                guard template != nil else { throw ChatTemplateError.missing(nil) }
+                return 1
+            }
+        }
+    }
 }
