@@ -3,8 +3,9 @@
 // of the 256-entry code table costs about 1.3 cycles per scale on Zen 4: a
 // sixth of a 4-bit GEMV's time for 64-weight blocks. Here each byte of the fp32
 // code values has its own 256-entry plane, looked up for 64 codes at once with
-// two 128-entry vpermi2b and a blend on the code's top bit (0.4 cycles per
-// scale in all). Unpacking interleaves the four planes back into floats within
+// two 128-entry vpermi2b and a blend on the code's top bit (about 0.4 cycles
+// per scale in long runs; masks and two group scales only where a run of 64
+// ends early or crosses a group, which cost a third more). Unpacking interleaves the four planes back into floats within
 // 128-bit lanes, so the codes are first permuted to leave the floats in block
 // order. The two roundings are the reference's: dynamic8[q] · group scale, then
 // + offset.
@@ -34,8 +35,9 @@ __attribute__((constructor)) static void fill_planes(void) {
 
 int qk_vbmi_allowed(void) { return cpu_has_vbmi && qk_avx512_allowed(); }
 
-// Blocks [b, b + n) of w, n <= 64, into d[0, n).
-VBMI static void decode64(float *restrict d, const qk_packed *w, int64_t b, int64_t n) {
+// dynamic8[q] for the codes of blocks [b, b + n) of w, n <= 64, as the fp32
+// bits of blocks b + 16 k .. b + 16 k + 15 in value[k].
+VBMI static inline __attribute__((always_inline)) void lookup64(__m512i value[4], const qk_packed *w, int64_t b, int64_t n) {
     // After the two unpack levels, lane L (of four 128-bit lanes) of result k
     // holds bytes 16L + 4k .. 16L + 4k + 3 of the looked-up vectors; that has
     // to be blocks 16k + 4L .. 16k + 4L + 3.
@@ -57,12 +59,27 @@ VBMI static void decode64(float *restrict d, const qk_packed *w, int64_t b, int6
     }
     const __m512i b01lo = _mm512_unpacklo_epi8(byte[0], byte[1]), b01hi = _mm512_unpackhi_epi8(byte[0], byte[1]);
     const __m512i b23lo = _mm512_unpacklo_epi8(byte[2], byte[3]), b23hi = _mm512_unpackhi_epi8(byte[2], byte[3]);
-    const __m512i value[4] = {_mm512_unpacklo_epi16(b01lo, b23lo), _mm512_unpackhi_epi16(b01lo, b23lo),
-                              _mm512_unpacklo_epi16(b01hi, b23hi), _mm512_unpackhi_epi16(b01hi, b23hi)};
-    // The 64 blocks lie in at most two groups; blocks from `boundary` on are in the second.
-    const int64_t g0 = b / QK_DQ_GROUP, g1 = (b + n - 1) / QK_DQ_GROUP, boundary = g1 * QK_DQ_GROUP - b;
-    const __m512 s0 = _mm512_set1_ps(w->group_scales[g0]), s1 = _mm512_set1_ps(w->group_scales[g1]);
-    const __m512 offset = _mm512_set1_ps(w->offset);
+    value[0] = _mm512_unpacklo_epi16(b01lo, b23lo);
+    value[1] = _mm512_unpackhi_epi16(b01lo, b23lo);
+    value[2] = _mm512_unpacklo_epi16(b01hi, b23hi);
+    value[3] = _mm512_unpackhi_epi16(b01hi, b23hi);
+}
+
+// Blocks [b, b + n) of w, n <= 64, into d[0, n).
+VBMI static inline __attribute__((always_inline)) void decode64(float *restrict d, const qk_packed *w, int64_t b, int64_t n) {
+    __m512i value[4];
+    lookup64(value, w, b, n);
+    const int64_t g0 = b / QK_DQ_GROUP, g1 = (b + n - 1) / QK_DQ_GROUP;
+    const __m512 offset = _mm512_set1_ps(w->offset), s0 = _mm512_set1_ps(w->group_scales[g0]);
+    if (n == 64 && g0 == g1) {
+        // The common case, without masks: one group, every lane stored.
+        for (int k = 0; k < 4; k++)
+            _mm512_storeu_ps(d + 16 * k, _mm512_add_ps(_mm512_mul_ps(_mm512_castsi512_ps(value[k]), s0), offset));
+        return;
+    }
+    // The blocks lie in at most two groups; blocks from `boundary` on are in the second.
+    const int64_t boundary = g1 * QK_DQ_GROUP - b;
+    const __m512 s1 = _mm512_set1_ps(w->group_scales[g1]);
     for (int k = 0; k < 4 && 16 * k < n; k++) {
         const int64_t split = boundary - 16 * k, left = n - 16 * k;
         const __mmask16 second = split <= 0 ? 0xFFFF : split >= 16 ? 0 : (__mmask16)(0xFFFFu << split);
@@ -71,8 +88,10 @@ VBMI static void decode64(float *restrict d, const qk_packed *w, int64_t b, int6
     }
 }
 
-void qk_dq8_absmax_vbmi(float *restrict absmax, const qk_packed *w, int64_t first, int64_t count) {
-    for (int64_t i = 0; i < count; i += 64) decode64(absmax + i, w, first + i, count - i < 64 ? count - i : 64);
+VBMI void qk_dq8_absmax_vbmi(float *restrict absmax, const qk_packed *w, int64_t first, int64_t count) {
+    int64_t i = 0;
+    for (; i + 64 <= count; i += 64) decode64(absmax + i, w, first + i, 64);  // n known: no masks
+    if (i < count) decode64(absmax + i, w, first + i, count - i);
 }
 
 int qk_scales_decode_vbmi(float *restrict absmax, const qk_packed *w, int64_t first, int64_t count) {
