@@ -5,10 +5,10 @@
 // code values has its own 256-entry plane, looked up for 64 codes at once with
 // two 128-entry vpermi2b and a blend on the code's top bit (about 0.4 cycles
 // per scale in long runs; masks and two group scales only where a run of 64
-// ends early or crosses a group, which cost a third more). Unpacking interleaves the four planes back into floats within
-// 128-bit lanes, so the codes are first permuted to leave the floats in block
-// order. The two roundings are the reference's: dynamic8[q] · group scale, then
-// + offset.
+// ends early or crosses a group, which cost a third more). Unpacking
+// interleaves the four planes back into floats within 128-bit lanes, so the
+// codes are first permuted to leave the floats in block order. The two
+// roundings are the reference's: dynamic8[q] · group scale, then + offset.
 #include "CQLoRAKernels.h"
 #include "internal.h"
 
