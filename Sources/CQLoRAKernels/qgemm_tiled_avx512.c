@@ -5,10 +5,10 @@
 // it for every row of X. With 32 registers the micro-tile is 12 rows of X ×
 // 32 columns (24 accumulators), so each broadcast of X feeds two FMAs and the
 // panel loads are a small share of the loads. Other differences:
-// - X is not transposed into micro-panels: a pass copies its rows (a memcpy
-//   per row, into rows KC + 16 floats apart so that the rows of a micro-tile
-//   do not all start in the same cache sets)
-//   and the kernel broadcasts straight from those rows.
+// - X is not transposed into micro-panels: the kernel broadcasts straight
+//   from its rows where they lie. Only when the rows are a multiple of 4 KiB
+//   apart, which puts all of a micro-tile's rows in one L1 set, a pass first
+//   copies them (a memcpy per row) into rows KC + 16 floats apart.
 // - Partial tiles need no separate path: the kernel is compiled for each row
 //   count 1..12, and masked loads and stores cover panels narrower than 32.
 // - 4-bit codes decode 16 weights per table lookup (vpermps); the forward's
@@ -28,13 +28,14 @@
 #define AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
 #define AVX512_INLINE __attribute__((target("avx512f,avx2,fma,f16c"), always_inline)) static inline
 
-// MR × NR micro-tile; X is copied MC rows × KC columns at a time (rows AS
-// floats apart), W tiles are NC × KC. One W tile (128 KB) stays in L2 (1 MiB
-// on Zen 4) while the micro-kernel streams it. MC = 1032 keeps a training
-// batch of 1024 rows in one pass over W, so each tile is decoded once; the
-// copied X (1.1 MB) then spills to L3, which the row-by-row broadcasts
-// tolerate: the 31M model's training products (n = 1024) took 2-3 % less
-// time than with MC = 516 (X in L2, W decoded twice), 11 of 14 pairs.
+// MR × NR micro-tile; X is read MC rows × KC columns at a time (copied rows
+// AS floats apart where it is copied), W tiles are NC × KC. One W tile
+// (128 KB) stays in L2 (1 MiB on Zen 4) while the micro-kernel streams it.
+// MC = 1032 keeps a training batch of 1024 rows in one pass over W, so each
+// tile is decoded once; those rows of X (1 MB) then spill to L3, which the
+// row-by-row broadcasts tolerate: the 31M model's training products
+// (n = 1024) took 2-3 % less time than with MC = 516 (X in L2, W decoded
+// twice), 11 of 14 pairs.
 // Measured on Zen 4: wider W tiles (192, 256) cost up to a fifth of the speed
 // at 64 rows.
 enum { MR = 12, NR = 32, KC = 256, AS = KC + 16, MC = 1032, NC = 128 };
@@ -190,11 +191,11 @@ AVX512 static void pack_w_backward(float *restrict bp, const qk_packed *w, int64
 // Fully unrolled loops over the rows keep the accumulators in registers.
 #define UNROLL _Pragma("GCC unroll 16")
 
-// C[R × 32] (=|+=) A[R rows, AS apart] · B panel [kc][32]; the masks select
+// C[R × 32] (=|+=) A[R rows, lda apart] · B panel [kc][32]; the masks select
 // the valid columns of each half. R is a constant: the loops over rows unroll
 // and the accumulators live in registers.
-AVX512_INLINE void micro(const float *restrict a, const float *restrict b, int64_t kc, float *restrict c,
-                         int64_t ldc, __mmask16 m0, __mmask16 m1, int first, const int R) {
+AVX512_INLINE void micro(const float *restrict a, int64_t lda, const float *restrict b, int64_t kc,
+                         float *restrict c, int64_t ldc, __mmask16 m0, __mmask16 m1, int first, const int R) {
     UNROLL for (int r = 0; r < R; r++) {
         _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
         _mm_prefetch((const char *)(c + r * ldc + 16), _MM_HINT_T0);
@@ -204,7 +205,7 @@ AVX512_INLINE void micro(const float *restrict a, const float *restrict b, int64
     for (int64_t k = 0; k < kc; k++, b += NR) {
         const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
         UNROLL for (int r = 0; r < R; r++) {
-            const __m512 ar = _mm512_set1_ps(a[r * AS + k]);
+            const __m512 ar = _mm512_set1_ps(a[r * lda + k]);
             c0[r] = _mm512_fmadd_ps(ar, b0, c0[r]);
             c1[r] = _mm512_fmadd_ps(ar, b1, c1[r]);
         }
@@ -220,17 +221,18 @@ AVX512_INLINE void micro(const float *restrict a, const float *restrict b, int64
     }
 }
 
-#define MICRO(R)                                                                                    \
-    AVX512 __attribute__((noinline)) static void micro_##R(const float *restrict a, const float *restrict b, \
-                                                           int64_t kc, float *restrict c, int64_t ldc,     \
-                                                           __mmask16 m0, __mmask16 m1, int first) {       \
-        micro(a, b, kc, c, ldc, m0, m1, first, R);                                                  \
+#define MICRO(R)                                                                                      \
+    AVX512 __attribute__((noinline)) static void micro_##R(const float *restrict a, int64_t lda,           \
+                                                           const float *restrict b, int64_t kc,            \
+                                                           float *restrict c, int64_t ldc, __mmask16 m0,   \
+                                                           __mmask16 m1, int first) {                      \
+        micro(a, lda, b, kc, c, ldc, m0, m1, first, R);                                               \
     }
 MICRO(1) MICRO(2) MICRO(3) MICRO(4) MICRO(5) MICRO(6) MICRO(7) MICRO(8) MICRO(9) MICRO(10) MICRO(11) MICRO(12)
 #undef MICRO
 
-typedef void (*micro_fn)(const float *restrict, const float *restrict, int64_t, float *restrict, int64_t,
-                         __mmask16, __mmask16, int);
+typedef void (*micro_fn)(const float *restrict, int64_t, const float *restrict, int64_t, float *restrict,
+                         int64_t, __mmask16, __mmask16, int);
 static const micro_fn micro_rows[MR + 1] = {0,       micro_1, micro_2, micro_3, micro_4,  micro_5, micro_6,
                                             micro_7, micro_8, micro_9, micro_10, micro_11, micro_12};
 
@@ -285,11 +287,12 @@ static void prefetch_rows(const next_tile *t, int64_t r0, int64_t r1) {
     }
 }
 
-// C[m × nc] (=|+=) A rows · B panels, C with leading dimension ldc. Each group
-// of MR rows of A sweeps every panel while it stays in L1, and asks for its
-// share of the next tile of W.
-static void tile_multiply(float *restrict c, int64_t ldc, const float *restrict ap, const float *restrict bp,
-                          int64_t m, int64_t nc, int64_t kc, int first, const next_tile *next) {
+// C[m × nc] (=|+=) A rows (lda apart) · B panels, C with leading dimension
+// ldc. Each group of MR rows of A sweeps every panel while it stays in L1, and
+// asks for its share of the next tile of W.
+static void tile_multiply(float *restrict c, int64_t ldc, const float *restrict ap, int64_t lda,
+                          const float *restrict bp, int64_t m, int64_t nc, int64_t kc, int first,
+                          const next_tile *next) {
     const int64_t groups = (m + MR - 1) / MR;
     for (int64_t i = 0; i < m; i += MR) {
         // A burst of prefetches would overflow the miss queues: one share per group.
@@ -300,7 +303,7 @@ static void tile_multiply(float *restrict c, int64_t ldc, const float *restrict 
             const int64_t cols = nc - j < NR ? nc - j : NR;
             const __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
             const __mmask16 m1 = cols >= NR ? 0xFFFF : cols > 16 ? (__mmask16)((1u << (cols - 16)) - 1) : 0;
-            f(ap + i * AS, bp + j / NR * panel_floats(kc), kc, c + i * ldc + j, ldc, m0, m1, first);
+            f(ap + i * lda, lda, bp + j / NR * panel_floats(kc), kc, c + i * ldc + j, ldc, m0, m1, first);
         }
     }
 }
@@ -319,17 +322,23 @@ static void tiled(float *restrict c, const float *restrict a, int64_t n, const q
     const int64_t K = backward ? w->rows : w->cols, ldc = backward ? w->cols : w->rows;
     const int64_t mc = qk_chunk_rows(n, MC);
     const scratch_parts s = split_scratch(scratch);
+    // Reading X's rows in place instead of copying them (every thread copied
+    // all of X) was 3-12 % faster at n = 1024 on Zen 4 (K = 512, 768, 1376,
+    // 1536, 5632, 11008); rows 4 KiB apart (K = 1024, 2048, 3072, 4096), all
+    // in one L1 set, were 8-25 % slower in place.
+    const int copied = K % 1024 == 0;
     for (int64_t i0 = 0; i0 < n; i0 += mc) {
         const int64_t m = n - i0 < mc ? n - i0 : mc;
         for (int64_t k0 = 0; k0 < K; k0 += KC) {
             const int64_t kc = K - k0 < KC ? K - k0 : KC;
-            copy_a(s.a, a + i0 * K + k0, K, m, kc);
+            if (copied) copy_a(s.a, a + i0 * K + k0, K, m, kc);
             for (int64_t j0 = begin; j0 < end; j0 += NC) {
                 const int64_t nc = end - j0 < NC ? end - j0 : NC;
                 if (backward) pack_w_backward(s.b, w, k0, kc, j0, nc, s.stage, s.tmp);
                 else pack_w_forward(s.b, w, j0, nc, k0, kc, s.stage, s.tmp);
                 const next_tile next = next_tile_after(w, backward, k0, j0, begin, end);
-                tile_multiply(c + i0 * ldc + j0, ldc, s.a, s.b, m, nc, kc, zero && k0 == 0, &next);
+                const float *rows = copied ? s.a : a + i0 * K + k0;
+                tile_multiply(c + i0 * ldc + j0, ldc, rows, copied ? AS : K, s.b, m, nc, kc, zero && k0 == 0, &next);
             }
         }
     }

@@ -185,16 +185,17 @@ enum KernelVariant {
     }
 
     /// Many rows: more than one pass of the tiled GEMM over W (the passes take at
-    /// most 516 rows), W tiles of 128 columns and narrower, partial last panels,
-    /// and (37 × 300) blocks that straddle rows. Slicing must not change the
-    /// bits, and the AVX2 and AVX-512 tiles sum in the same order, so they must
-    /// agree bit for bit too. (Arrays this large are compared outside #expect,
-    /// whose failure report would print them.)
+    /// most 516 rows with AVX2, 1032 with AVX-512), W tiles of 128 columns and
+    /// narrower, partial last panels, (37 × 300) blocks that straddle rows, and
+    /// rows of X (or dY) that the AVX-512 tile reads in place or, 1024 floats
+    /// apart (37 × 1024 forward, 1024 × 40 backward), copies first. Slicing
+    /// must not change the bits, and the AVX2 and AVX-512 tiles sum in the same
+    /// order, so they must agree bit for bit too. (Arrays this large are
+    /// compared outside #expect, whose failure report would print them.)
     @Test(arguments: QuantType.allCases, [(32, ScaleKind.f16), (64, .dq8), (256, .f32)])
     func manyRowsMatchReference(type: QuantType, scales: (block: Int, kind: ScaleKind)) throws {
         let spec = QuantSpec(type: type, blockSize: scales.block, scaleKind: scales.kind)
-        let n = 530
-        for (i, (rows, cols)) in [(37, 300), (200, 512)].enumerated() {
+        for (i, (rows, cols, n)) in [(37, 300, 1040), (200, 512, 530), (37, 1024, 530), (1024, 40, 530)].enumerated() {
             let c = try PackedCase(spec, rows: rows, cols: cols, seed: UInt64(20 + i))
             var rng = SeededGenerator(seed: UInt64(30 + i))
             let x = rng.gaussian(count: n * cols), dy = rng.gaussian(count: n * rows)
