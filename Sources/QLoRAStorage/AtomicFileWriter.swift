@@ -72,9 +72,17 @@ public final class AtomicFileWriter {
     }
 
     /// Flush to disk and move into place. After this the destination is complete.
-    public func commit() throws {
+    ///
+    /// - Parameter droppingCachedPages: also evict the file's pages from the
+    ///   page cache once they are on disk, for files that are mapped later
+    ///   (see `MappedFile`): the pages a writer leaves there are small, and a
+    ///   mapping can only use 2 MiB pages for a file read anew (Linux).
+    public func commit(droppingCachedPages: Bool = false) throws {
         precondition(!finished, "[AtomicFileWriter] commit after commit or abort")
         if fsync(fd) != 0 { try fail(errno) }
+        #if os(Linux)
+        if droppingCachedPages { _ = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) }
+        #endif
         close(fd)
         fd = -1
         if rename(temporary.path, destination.path) != 0 { try fail(errno) }

@@ -100,7 +100,7 @@ public final class PackedCheckpointWriter {
         try out.write(json)
         try out.pad(to: PackedCheckpointFormat.alignment)
         try out.write(footer.encoded())
-        try out.commit()
+        try out.commit(droppingCachedPages: true)
     }
 
     /// Drops everything written; the destination is untouched.
