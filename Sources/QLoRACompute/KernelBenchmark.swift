@@ -108,21 +108,23 @@ public final class KernelBenchmark {
     /// samples between the runs it compares them with.
     public final class StreamingRead {
         private let pool: ComputePool
-        private let buffer: UnsafeMutableRawPointer
+        private let storage: AlignedBuffer
         public let bytes: Int
 
         init(pool: ComputePool, bytes: Int) {
             self.pool = pool
             self.bytes = bytes
-            buffer = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 4096)
-            memset(buffer, 1, bytes)
+            // The weights' pages (RandomPackedWeight); the read measured the same with small ones.
+            guard let storage = AlignedBuffer(count: bytes, hugePages: true) else {
+                preconditionFailure("[KernelBenchmark] cannot allocate \(bytes) bytes to read")
+            }
+            self.storage = storage
+            memset(storage.base, 1, bytes)
         }
-
-        deinit { buffer.deallocate() }
 
         /// Bytes per second of one pass over the buffer.
         public func sample() -> Double {
-            let chunks = UnsafeRawPointer(buffer).assumingMemoryBound(to: SIMD8<UInt64>.self)
+            let chunks = UnsafeRawPointer(storage.base).assumingMemoryBound(to: SIMD8<UInt64>.self)
             let sink = Mutex<UInt64>(0)
             let start = DispatchTime.now().uptimeNanoseconds
             pool.run(extent: bytes / 64, grain: 1024, scratchFloats: 1) { range, _ in
@@ -375,10 +377,16 @@ public struct RandomPackedWeight {
     let buffers: RandomBuffers
     let view: qk_packed
 
+    /// In huge pages where the system has them, as checkpoints are mapped.
     final class RandomBuffers {
-        let bytes: UnsafeMutableRawBufferPointer
-        init(count: Int) { bytes = .allocate(byteCount: max(count, 64), alignment: 64) }
-        deinit { bytes.deallocate() }
+        let storage: AlignedBuffer
+        var bytes: UnsafeMutableRawBufferPointer { storage.mutableBytes }
+        init(count: Int) {
+            guard let storage = AlignedBuffer(count: max(count, 64), hugePages: true) else {
+                preconditionFailure("[KernelBenchmark] cannot allocate \(count) bytes of weights")
+            }
+            self.storage = storage
+        }
     }
 
     public init(spec: QuantSpec, rows: Int, cols: Int, rng: inout FastRandom) {

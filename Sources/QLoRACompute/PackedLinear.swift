@@ -179,20 +179,26 @@ public enum PackedLinearError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// Packed buffers quantized in memory (tests, benchmarks, layers built from fp32).
+/// Packed buffers quantized in memory (tests, benchmarks, layers built from fp32),
+/// in huge pages where the system has them, as checkpoints are mapped.
 final class PackedBuffers: @unchecked Sendable {
     let codes: UnsafeMutableRawBufferPointer
     let scales: UnsafeMutableRawBufferPointer
     let groupScales: UnsafeMutableRawBufferPointer
     private(set) var offset: Float = 0
+    private let storage: [AlignedBuffer]
 
     init(quantizing weights: UnsafeBufferPointer<Float>, spec: QuantSpec) {
         let layout = PackedLayout(spec: spec, count: weights.count)
         let blocks = layout.blocks
-        codes = .allocate(byteCount: max(layout.codeBytes, 1), alignment: 64)
-        scales = .allocate(byteCount: max(layout.scaleBytes, 1), alignment: 64)
         let groups = spec.scaleKind == .dq8 ? (blocks + QuantSpec.doubleQuantGroup - 1) / QuantSpec.doubleQuantGroup : 0
-        groupScales = .allocate(byteCount: max(groups * 4, 1), alignment: 64)
+        storage = [layout.codeBytes, layout.scaleBytes, groups * 4].map { bytes in
+            guard let buffer = AlignedBuffer(count: bytes, hugePages: true) else {
+                preconditionFailure("[PackedBuffers] cannot allocate \(bytes) bytes")
+            }
+            return buffer
+        }
+        (codes, scales, groupScales) = (storage[0].mutableBytes, storage[1].mutableBytes, storage[2].mutableBytes)
         let absmax = UnsafeMutableBufferPointer<Float>.allocate(capacity: blocks)
         defer { absmax.deallocate() }
         qk_quantize(
@@ -216,12 +222,6 @@ final class PackedBuffers: @unchecked Sendable {
             spec: spec, rows: rows, cols: cols, codes: UnsafeRawPointer(codes.baseAddress!),
             scales: UnsafeRawPointer(scales.baseAddress!),
             groupScales: spec.scaleKind == .dq8 ? UnsafeRawPointer(groupScales.baseAddress!) : nil, offset: offset)
-    }
-
-    deinit {
-        codes.deallocate()
-        scales.deallocate()
-        groupScales.deallocate()
     }
 }
 

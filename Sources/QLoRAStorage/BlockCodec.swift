@@ -29,19 +29,26 @@ public struct PackedParts: Hashable, Sendable {
 /// (page-aligned, so 64-byte aligned too) and unmapped on release: malloc would keep
 /// freed multi-MB blocks in its heap, and a quantizer allocating one per tensor
 /// would see its resident memory creep up over a large model.
-final class AlignedBuffer: @unchecked Sendable {
-    let count: Int
-    let base: UnsafeMutableRawPointer
+public final class AlignedBuffer: @unchecked Sendable {
+    public let count: Int
+    public let base: UnsafeMutableRawPointer
     private let mapped: Int
 
     /// Returns nil when the memory cannot be had, so sizes read from files fail
     /// with an error instead of a crash.
-    init?(count: Int) {
+    ///
+    /// - Parameter hugePages: ask for transparent huge pages (Linux), for weights
+    ///   that products stream whole, as `MappedFile` does for checkpoints. Not for
+    ///   buffers filled partly, whose untouched pages should stay unmapped.
+    public init?(count: Int, hugePages: Bool = false) {
         guard count >= 0 else { return nil }
         let length = Swift.max(count, 1)
         guard let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
             return nil
         }
+        #if os(Linux)
+        if hugePages { _ = madvise(p, length, Int32(MADV_HUGEPAGE)) }
+        #endif
         self.count = count
         mapped = length
         base = p
@@ -49,7 +56,8 @@ final class AlignedBuffer: @unchecked Sendable {
 
     deinit { munmap(base, mapped) }
 
-    var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
+    public var mutableBytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: base, count: count) }
 }
 
 /// A block-quantized tensor: its region bytes (codes, scales, group scales) laid out
@@ -188,7 +196,9 @@ public final class BlockEncoder: @unchecked Sendable {
         self.shape = shape
         layout = PackedLayout(spec: spec, count: count)
         parts = PackedParts(layout: layout)
-        guard let buffer = AlignedBuffer(count: parts.size) else { throw BlockCodecError.outOfMemory(bytes: parts.size) }
+        guard let buffer = AlignedBuffer(count: parts.size, hugePages: true) else {
+            throw BlockCodecError.outOfMemory(bytes: parts.size)
+        }
         self.buffer = buffer
         if spec.scaleKind == .f32 {
             absmax = nil

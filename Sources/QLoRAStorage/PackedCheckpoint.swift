@@ -178,7 +178,7 @@ public final class PackedCheckpoint: @unchecked Sendable {
     // MARK: - Data access
 
     private func allocate(_ bytes: Int, for name: String) throws -> AlignedBuffer {
-        guard let b = AlignedBuffer(count: bytes) else { throw PackedCheckpointError.outOfMemory(url, name: name, bytes: bytes) }
+        guard let b = AlignedBuffer(count: bytes, hugePages: true) else { throw PackedCheckpointError.outOfMemory(url, name: name, bytes: bytes) }
         return b
     }
 
