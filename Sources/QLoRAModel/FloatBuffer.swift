@@ -12,7 +12,7 @@ public final class FloatBuffer {
 
     /// - Parameter hugePages: ask for transparent huge pages (Linux), for
     ///   buffers written whole on every use, like a training step's
-    ///   activations (a QLoRA step of the 31M model ran about 3 % faster); not
+    ///   activations (a QLoRA step of the 31M model ran about 2 % faster); not
     ///   for buffers filled a little at a time, like a KV cache, whose resident
     ///   memory would jump 2 MiB at a time.
     public init(count: Int, hugePages: Bool = false) {
