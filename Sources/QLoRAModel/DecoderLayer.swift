@@ -47,18 +47,18 @@ public final class DecoderLayerCache {
     public let up: FloatBuffer
 
     init(rows n: Int, hidden c: Int, queryWidth q: Int, kvWidth kv: Int, heads: Int, intermediate f: Int) {
-        attentionInput = FloatBuffer(count: n * c, hugePages: true)
-        attentionRstd = FloatBuffer(count: n, hugePages: true)
-        query = FloatBuffer(count: n * q, hugePages: true)
-        key = FloatBuffer(count: n * kv, hugePages: true)
-        value = FloatBuffer(count: n * kv, hugePages: true)
-        logSumExp = FloatBuffer(count: n * heads, hugePages: true)
-        attention = FloatBuffer(count: n * q, hugePages: true)
-        middle = FloatBuffer(count: n * c, hugePages: true)
-        mlpInput = FloatBuffer(count: n * c, hugePages: true)
-        mlpRstd = FloatBuffer(count: n, hugePages: true)
-        gate = FloatBuffer(count: n * f, hugePages: true)
-        up = FloatBuffer(count: n * f, hugePages: true)
+        attentionInput = .workspace(n * c)
+        attentionRstd = .workspace(n)
+        query = .workspace(n * q)
+        key = .workspace(n * kv)
+        value = .workspace(n * kv)
+        logSumExp = .workspace(n * heads)
+        attention = .workspace(n * q)
+        middle = .workspace(n * c)
+        mlpInput = .workspace(n * c)
+        mlpRstd = .workspace(n)
+        gate = .workspace(n * f)
+        up = .workspace(n * f)
     }
 }
 
@@ -74,13 +74,13 @@ final class LayerGradients {
     let up: FloatBuffer         // [N, F]   the recomputed activation first, then ∂loss/∂up
 
     init(rows n: Int, hidden c: Int, queryWidth q: Int, kvWidth kv: Int, intermediate f: Int) {
-        norm = FloatBuffer(count: n * c, hugePages: true)
-        query = FloatBuffer(count: n * q, hugePages: true)
-        key = FloatBuffer(count: n * kv, hugePages: true)
-        value = FloatBuffer(count: n * kv, hugePages: true)
-        attention = FloatBuffer(count: n * q, hugePages: true)
-        gate = FloatBuffer(count: n * f, hugePages: true)
-        up = FloatBuffer(count: n * f, hugePages: true)
+        norm = .workspace(n * c)
+        query = .workspace(n * q)
+        key = .workspace(n * kv)
+        value = .workspace(n * kv)
+        attention = .workspace(n * q)
+        gate = .workspace(n * f)
+        up = .workspace(n * f)
     }
 }
 

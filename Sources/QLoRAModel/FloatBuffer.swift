@@ -24,6 +24,10 @@ public final class FloatBuffer {
         pointer = storage.base.bindMemory(to: Float.self, capacity: max(count, 1))
     }
 
+    /// A buffer of a forward/backward pass's workspace, written whole on every
+    /// pass: in huge pages.
+    static func workspace(_ count: Int) -> FloatBuffer { FloatBuffer(count: count, hugePages: true) }
+
     public subscript(i: Int) -> Float {
         get { pointer[i] }
         set { pointer[i] = newValue }

@@ -302,21 +302,21 @@ private final class Workspace {
         case let .from(l): (keptFrom, cacheCount) = (l, c.hiddenLayers - l + (l > 0 ? 1 : 0))
         }
         let q = c.attentionHeads * c.headDimensions, kv = c.kvHeads * c.headDimensions
-        residual = (0...c.hiddenLayers).map { _ in FloatBuffer(count: n * c.hiddenSize, hugePages: true) }
+        residual = (0...c.hiddenLayers).map { _ in .workspace(n * c.hiddenSize) }
         caches = (0..<cacheCount).map { _ in
             DecoderLayerCache(rows: n, hidden: c.hiddenSize, queryWidth: q, kvWidth: kv, heads: c.attentionHeads,
                               intermediate: c.intermediateSize)
         }
-        finalInput = FloatBuffer(count: n * c.hiddenSize, hugePages: true)
-        finalRstd = FloatBuffer(count: n, hugePages: true)
-        logits = FloatBuffer(count: n * c.vocabularySize, hugePages: true)
-        logitLSE = FloatBuffer(count: n, hugePages: true)
-        cos = FloatBuffer(count: n * c.headDimensions / 2, hugePages: true)
-        sin = FloatBuffer(count: n * c.headDimensions / 2, hugePages: true)
+        finalInput = .workspace(n * c.hiddenSize)
+        finalRstd = .workspace(n)
+        logits = .workspace(n * c.vocabularySize)
+        logitLSE = .workspace(n)
+        cos = .workspace(n * c.headDimensions / 2)
+        sin = .workspace(n * c.headDimensions / 2)
         // The scratch depends on B and T only through B·H chunks of T×T, bounded by the capacities.
-        attentionScratch = FloatBuffer(count: attention.scratchCount(batch: n, length: t), hugePages: true)
+        attentionScratch = .workspace(attention.scratchCount(batch: n, length: t))
         gradients = LayerGradients(rows: n, hidden: c.hiddenSize, queryWidth: q, kvWidth: kv, intermediate: c.intermediateSize)
-        residualGradient = FloatBuffer(count: n * c.hiddenSize, hugePages: true)
+        residualGradient = .workspace(n * c.hiddenSize)
         tokens = .allocate(capacity: n)
         positions = .allocate(capacity: n)
         targets = .allocate(capacity: n)
