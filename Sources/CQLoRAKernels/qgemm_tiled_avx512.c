@@ -332,12 +332,12 @@ static void tiled(float *restrict c, const float *restrict a, int64_t n, const q
         for (int64_t k0 = 0; k0 < K; k0 += KC) {
             const int64_t kc = K - k0 < KC ? K - k0 : KC;
             if (copied) copy_a(s.a, a + i0 * K + k0, K, m, kc);
+            const float *rows = copied ? s.a : a + i0 * K + k0;
             for (int64_t j0 = begin; j0 < end; j0 += NC) {
                 const int64_t nc = end - j0 < NC ? end - j0 : NC;
                 if (backward) pack_w_backward(s.b, w, k0, kc, j0, nc, s.stage, s.tmp);
                 else pack_w_forward(s.b, w, j0, nc, k0, kc, s.stage, s.tmp);
                 const next_tile next = next_tile_after(w, backward, k0, j0, begin, end);
-                const float *rows = copied ? s.a : a + i0 * K + k0;
                 tile_multiply(c + i0 * ldc + j0, ldc, rows, copied ? AS : K, s.b, m, nc, kc, zero && k0 == 0, &next);
             }
         }

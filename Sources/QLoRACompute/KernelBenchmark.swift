@@ -115,10 +115,7 @@ public final class KernelBenchmark {
             self.pool = pool
             self.bytes = bytes
             // The weights' pages (RandomPackedWeight); the read measured the same with small ones.
-            guard let storage = AlignedBuffer(count: bytes, hugePages: true) else {
-                preconditionFailure("[KernelBenchmark] cannot allocate \(bytes) bytes to read")
-            }
-            self.storage = storage
+            storage = .required(bytes, hugePages: true, for: "KernelBenchmark")
             memset(storage.base, 1, bytes)
         }
 
@@ -381,12 +378,7 @@ public struct RandomPackedWeight {
     final class RandomBuffers {
         let storage: AlignedBuffer
         var bytes: UnsafeMutableRawBufferPointer { storage.mutableBytes }
-        init(count: Int) {
-            guard let storage = AlignedBuffer(count: max(count, 64), hugePages: true) else {
-                preconditionFailure("[KernelBenchmark] cannot allocate \(count) bytes of weights")
-            }
-            self.storage = storage
-        }
+        init(count: Int) { storage = .required(max(count, 64), hugePages: true, for: "KernelBenchmark") }
     }
 
     public init(spec: QuantSpec, rows: Int, cols: Int, rng: inout FastRandom) {

@@ -192,11 +192,8 @@ final class PackedBuffers: @unchecked Sendable {
         let layout = PackedLayout(spec: spec, count: weights.count)
         let blocks = layout.blocks
         let groups = spec.scaleKind == .dq8 ? (blocks + QuantSpec.doubleQuantGroup - 1) / QuantSpec.doubleQuantGroup : 0
-        storage = [layout.codeBytes, layout.scaleBytes, groups * 4].map { bytes in
-            guard let buffer = AlignedBuffer(count: bytes, hugePages: true) else {
-                preconditionFailure("[PackedBuffers] cannot allocate \(bytes) bytes")
-            }
-            return buffer
+        storage = [layout.codeBytes, layout.scaleBytes, groups * 4].map {
+            .required($0, hugePages: true, for: "PackedBuffers")
         }
         (codes, scales, groupScales) = (storage[0].mutableBytes, storage[1].mutableBytes, storage[2].mutableBytes)
         let absmax = UnsafeMutableBufferPointer<Float>.allocate(capacity: blocks)

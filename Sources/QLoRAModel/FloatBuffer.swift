@@ -17,10 +17,7 @@ public final class FloatBuffer {
     ///   memory would jump 2 MiB at a time.
     public init(count: Int, hugePages: Bool = false) {
         self.count = count
-        guard let storage = AlignedBuffer(count: max(count, 1) * MemoryLayout<Float>.stride, hugePages: hugePages) else {
-            preconditionFailure("[FloatBuffer] cannot allocate \(count) floats")
-        }
-        self.storage = storage
+        storage = .required(max(count, 1) * MemoryLayout<Float>.stride, hugePages: hugePages, for: "FloatBuffer")
         pointer = storage.base.bindMemory(to: Float.self, capacity: max(count, 1))
     }
 

@@ -54,6 +54,16 @@ public final class AlignedBuffer: @unchecked Sendable {
         base = p
     }
 
+    /// Memory the program cannot go on without (activations, benchmark
+    /// buffers), unlike sizes read from files: stops with a message naming
+    /// `owner` when the memory cannot be had.
+    public static func required(_ count: Int, hugePages: Bool, for owner: String) -> AlignedBuffer {
+        guard let buffer = AlignedBuffer(count: count, hugePages: hugePages) else {
+            preconditionFailure("[\(owner)] cannot allocate \(count) bytes")
+        }
+        return buffer
+    }
+
     deinit { munmap(base, mapped) }
 
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
