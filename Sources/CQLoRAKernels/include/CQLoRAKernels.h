@@ -263,10 +263,10 @@ typedef enum {
 size_t qk_matmul_scratch_floats(const qk_packed *w, int64_t n, int32_t direction);
 /// Slice boundaries that keep whole blocks and SIMD panels in one slice.
 int64_t qk_matmul_grain(const qk_packed *w, int64_t n, int32_t direction);
-/// Slices per thread worth cutting a call into: several where a slice costs
-/// nothing to set up (the few-rows forward paths), so that threads taking
-/// small slices as they come free keep one that loses its core from holding
-/// up the call; 1 where each slice pays a fixed cost (the tiled GEMM copies
+/// Slices per thread worth cutting a call into: 2 for the few-rows forward
+/// paths, so that a thread that loses its core holds up the call by half a
+/// share (more slices restart more streams from memory, which cost more than
+/// they balanced); 1 where each slice pays a fixed cost (the tiled GEMM copies
 /// X once per slice).
 int64_t qk_matmul_slices_per_thread(const qk_packed *w, int64_t n, int32_t direction);
 
