@@ -110,7 +110,7 @@ public final class ComputePool: @unchecked Sendable {
     /// slice instead of a whole share. The cut still depends only on the
     /// thread count, so a task whose slices do not affect one another's
     /// results stays bitwise reproducible; a task that pays a fixed cost per
-    /// slice (the tiled GEMM copies X once per slice) should keep 1.
+    /// slice (the tiled GEMM reads all of X once per slice) should keep 1.
     public func run(extent: Int, grain: Int, scratchFloats need: Int, chunksPerThread: Int = 1,
                     context: UnsafeRawPointer, task: Task) {
         guard extent > 0 else { return }

@@ -266,8 +266,8 @@ int64_t qk_matmul_grain(const qk_packed *w, int64_t n, int32_t direction);
 /// Slices per thread worth cutting a call into: 2 for the few-rows forward
 /// paths, so that a thread that loses its core holds up the call by half a
 /// share (more slices restart more streams from memory, which cost more than
-/// they balanced); 1 where each slice pays a fixed cost (the tiled GEMM copies
-/// X once per slice).
+/// they balanced); 1 where each slice pays a fixed cost (the tiled GEMM reads
+/// all of X, or copies it, once per slice).
 int64_t qk_matmul_slices_per_thread(const qk_packed *w, int64_t n, int32_t direction);
 
 /// Y[:, begin:end] = X · W[begin:end, :]ᵀ.
