@@ -51,6 +51,10 @@ public enum GenerationBenchmark {
         /// Streaming read bandwidth: the median of samples taken between the decoding rounds
         /// (`KernelBenchmark.StreamingRead`).
         public var readBandwidthBytesPerSecond: Double
+        /// The lowest and highest of those samples: far apart, the bound moved
+        /// during the run (a shared machine's spells), and so does the fraction.
+        public var readBandwidthMinBytesPerSecond: Double
+        public var readBandwidthMaxBytesPerSecond: Double
         /// read bandwidth ÷ (weight + KV bytes per token)
         public var boundTokensPerSecond: Double
         public var fractionOfBound: Double
@@ -126,7 +130,8 @@ public enum GenerationBenchmark {
             cases.append(Case(spec: spec.description, fileBytes: loaded.weightFileBytes, weightBytesPerToken: weights,
                               kvBytesPerToken: kv, prefillTokensPerSecond: prefillRate,
                               decodeTokens: decodeSteps, decodeTokensPerSecond: decodeRate,
-                              readBandwidthBytesPerSecond: bandwidth, boundTokensPerSecond: bound, fractionOfBound: decodeRate / bound,
+                              readBandwidthBytesPerSecond: bandwidth, readBandwidthMinBytesPerSecond: samples.min()!,
+                              readBandwidthMaxBytesPerSecond: samples.max()!, boundTokensPerSecond: bound, fractionOfBound: decodeRate / bound,
                               residentBytes: memory.current, peakResidentBytes: memory.peak, writeSeconds: writeSeconds))
             try? FileManager.default.removeItem(at: url)
         }

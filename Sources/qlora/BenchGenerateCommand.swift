@@ -12,7 +12,9 @@ struct BenchGenerateCommand: ParsableCommand {
         Each model (TinyLlama's shape, random weights, every linear and the embeddings quantized) is written \
         to a temporary folder and deleted afterwards. The bound is the streaming read bandwidth, measured in \
         the same process on all cores over a buffer larger than the last-level cache, divided by the bytes \
-        one decode step reads (packed weights, norms and the KV cache).
+        one decode step reads (packed weights, norms and the KV cache). The read is sampled between the \
+        decoding rounds and the median sets the bound; samples far apart mean the machine's bandwidth moved \
+        during the run, and the fraction of the bound with it.
         """
     )
 
@@ -57,10 +59,11 @@ struct BenchGenerateCommand: ParsableCommand {
                      Double(report.parameters) / 1e9, report.cpu, report.threads, report.isa,
                      Format.bytes(report.lastLevelCacheBytes), report.loadAverageStart, report.loadAverageEnd))
         for c in report.cases {
-            print(String(format: "%@: file %@, %@ read per token; prefill %.1f tokens/s; decode %.2f tokens/s of a %.2f bound at %.1f GB/s (%.0f%%); VmRSS %@, VmHWM %@",
+            print(String(format: "%@: file %@, %@ read per token; prefill %.1f tokens/s; decode %.2f tokens/s, %.0f%% of a %.2f bound (median read %.1f GB/s, samples %.1f–%.1f); VmRSS %@, VmHWM %@",
                          c.spec, Format.bytes(c.fileBytes), Format.bytes(c.weightBytesPerToken + c.kvBytesPerToken),
-                         c.prefillTokensPerSecond, c.decodeTokensPerSecond, c.boundTokensPerSecond,
-                         c.readBandwidthBytesPerSecond / 1e9, 100 * c.fractionOfBound,
+                         c.prefillTokensPerSecond, c.decodeTokensPerSecond, 100 * c.fractionOfBound, c.boundTokensPerSecond,
+                         c.readBandwidthBytesPerSecond / 1e9, c.readBandwidthMinBytesPerSecond / 1e9,
+                         c.readBandwidthMaxBytesPerSecond / 1e9,
                          c.residentBytes.map(Format.bytes) ?? "?", c.peakResidentBytes.map(Format.bytes) ?? "?"))
         }
     }
