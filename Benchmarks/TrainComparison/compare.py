@@ -23,9 +23,12 @@ Not part of the Swift package: the Python side is installed outside the project
            error (qlora train --loftq-reference), the LoRA run as before. With --stack hf the same
            pair runs in transformers + PEFT over bitsandbytes NF4 (block 64, double quant) and over
            fp32, mirroring qlora train's data, loss, LoRA, AdamW, clipping and schedule (README.md).
+           --recipe picks the training settings both runs share: `default` (r16, alpha 2r, cosine
+           5e-4) or `qlora-paper` (the QLoRA paper's: r64, alpha 16, dropout 0.1, constant 2e-4
+           after 3 % warm-up, gradient norm clipped to 0.3); --rank and --learning-rate override.
 
 Usage:  python3 compare.py speed   --qlora .build/release/qlora [--python /tmp/hfenv/bin/python] [--repeat 3] [--dropout 0.1]
-        python3 compare.py quality --qlora .build/release/qlora [--seeds 1 2 3 4 5 6] [--loftq]
+        python3 compare.py quality --qlora .build/release/qlora [--seeds 1 2 3 4 5 6] [--loftq] [--recipe qlora-paper]
         python3 compare.py quality --stack hf --python /tmp/hfenv/bin/python [--seeds 1 2 3 4 5 6]
 Results are printed as a table and written to --out (JSON).
 """
@@ -44,6 +47,15 @@ CONFIG = dict(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidd
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BATCH, SEQ, WARMUP, MEASURE, THREADS = 4, 256, 2, 5, 2
 BATCH_QUALITY, SEQ_QUALITY = 8, 512  # quality: qlora train --batch-size 8 --max-seq-len 512
+# Settings both runs of a quality pair share. alpha and warm-up may depend on the rank and steps.
+RECIPES = {
+    "default": dict(rank=16, alpha=lambda r: 2 * r, dropout=0.0, learning_rate=5e-4, schedule="cosine",
+                    warmup=lambda steps: 10, max_grad_norm=1.0),
+    # Dettmers et al. 2023 (QLoRA), appendix B: r 64, alpha 16, dropout 0.1 for models up to 13B,
+    # lr 2e-4 constant, warm-up ratio 0.03, max grad norm 0.3 (their qlora.py defaults).
+    "qlora-paper": dict(rank=64, alpha=lambda r: 16, dropout=0.1, learning_rate=2e-4, schedule="constant-with-warmup",
+                        warmup=lambda steps: round(0.03 * steps), max_grad_norm=0.3),
+}
 QUIET = 15.0  # % of one CPU that other processes may use during a measurement
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -146,14 +158,15 @@ def hf_child(workdir, quant, dropout):
                       "step_seconds": times}))
 
 
-def hf_quality_child(data, quant, seed, rank, steps, peak_lr):
+def hf_quality_child(data, quant, seed, steps, r):
     """One `qlora train` run redone in transformers + PEFT (see README.md for what matches and what not).
     Prints one JSON line: initial/final validation loss, final training loss, dataset and quantization facts."""
     import random
     import bitsandbytes as bnb
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, get_cosine_schedule_with_warmup
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, get_constant_schedule_with_warmup,
+                              get_cosine_schedule_with_warmup)
     torch.set_num_threads(1)  # the machine is shared with benchmarks
     started = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(data)
@@ -244,13 +257,16 @@ def hf_quality_child(data, quant, seed, rank, steps, peak_lr):
         model = AutoModelForCausalLM.from_pretrained(data, dtype=torch.float32)
         quantization = None
     torch.manual_seed(seed)  # PEFT's default init: kaiming-uniform A, zero B
-    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, lora_dropout=0.0,
-                                             bias="none", task_type="CAUSAL_LM"))
+    model = get_peft_model(model, LoraConfig(r=r["rank"], lora_alpha=r["alpha"], target_modules=TARGETS,
+                                             lora_dropout=r["dropout"], bias="none", task_type="CAUSAL_LM"))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=peak_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    # transformers' cosine: lr 0 at the first update, peak after 10 warm-up steps, 0 at step `steps`;
-    # the formula of LearningRateSchedule.cosine.
-    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=10, num_training_steps=steps)
+    opt = torch.optim.AdamW(params, lr=r["learning_rate"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    # lr 0 at the first update, the peak after the warm-up; the cosine reaches 0 at step `steps`.
+    # The formulas of LearningRateSchedule.
+    if r["schedule"] == "cosine":
+        sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=r["warmup"], num_training_steps=steps)
+    else:
+        sched = get_constant_schedule_with_warmup(opt, num_warmup_steps=r["warmup"])
     initial = validation_loss(model)
     epoch, position, order = 0, 0, None
     train_loss = None
@@ -267,7 +283,7 @@ def hf_quality_child(data, quant, seed, rank, steps, peak_lr):
         s, n = loss_sum(model, batch(rows))
         loss = s / n
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, r["max_grad_norm"])
         opt.step()
         sched.step()
         train_loss = float(loss.detach())
@@ -360,12 +376,15 @@ def quality(args):
     if args.stack == "qlorakit":
         subprocess.run([args.qlora, "quantize", data, "--output", packed, "--type", "nf4", "--block-size", "64",
                         "--double-quant"], check=True, capture_output=True)
+    recipe = quality_recipe(args)
+    print(f"recipe {args.recipe}: " + ", ".join(f"{k} {v}" for k, v in recipe.items()), flush=True)
     runs = []
     for seed in args.seeds:
-        settings = ["--data", data, "--steps", str(args.steps), "--batch-size", str(BATCH_QUALITY), "--rank", str(args.rank),
-                    "--alpha", str(2 * args.rank), "--learning-rate", str(args.learning_rate), "--schedule", "cosine",
-                    "--warmup", "10", "--eval-every", str(args.steps),
-                    "--max-seq-len", str(SEQ_QUALITY), "--seed", str(seed), "--no-eos"]
+        settings = ["--data", data, "--steps", str(args.steps), "--batch-size", str(BATCH_QUALITY),
+                    "--rank", str(recipe["rank"]), "--alpha", str(recipe["alpha"]), "--dropout", str(recipe["dropout"]),
+                    "--learning-rate", str(recipe["learning_rate"]), "--schedule", recipe["schedule"],
+                    "--warmup", str(recipe["warmup"]), "--max-grad-norm", str(recipe["max_grad_norm"]),
+                    "--eval-every", str(args.steps), "--max-seq-len", str(SEQ_QUALITY), "--seed", str(seed), "--no-eos"]
         results = {"seed": seed}
         for label, model, quant in [("QLoRA (NF4/64/DQ base)", packed, "nf4"), ("LoRA (fp32 base)", data, "fp32")]:
             started = time.perf_counter()
@@ -373,8 +392,8 @@ def quality(args):
                 # nice and one thread (hf_quality_child): the 2-core machine is shared with benchmarks.
                 env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
                 p = subprocess.run(["nice", "-n", "10", args.python, os.path.abspath(__file__), "hf-quality-child",
-                                    "--data", data, "--quant", quant, "--seeds", str(seed), "--rank", str(args.rank),
-                                    "--steps", str(args.steps), "--learning-rate", str(args.learning_rate)],
+                                    "--data", data, "--quant", quant, "--seeds", str(seed), "--steps", str(args.steps),
+                                    "--recipe", args.recipe] + recipe_overrides(args),
                                    capture_output=True, text=True, env=env)
                 if p.returncode != 0:
                     raise SystemExit(f"hf-quality-child ({quant}, seed {seed}) failed:\n{p.stderr[-3000:]}")
@@ -408,9 +427,23 @@ def quality(args):
     print(f"over {len(runs)} seeds: mean final validation loss QLoRA {mean_q:.4f}, LoRA {mean_l:.4f}, "
           f"ratio of means {mean_q / mean_l:.4f} ({100 * (mean_q / mean_l - 1):+.2f} %); per-seed ratios "
           f"median {statistics.median(ratios):.4f}, min {min(ratios):.4f}, max {max(ratios):.4f}")
-    return {"stack": args.stack, "runs": runs, "mean_final_valid_loss": {"qlora": mean_q, "lora": mean_l},
+    return {"stack": args.stack, "recipe": dict(recipe, name=args.recipe), "runs": runs, "mean_final_valid_loss": {"qlora": mean_q, "lora": mean_l},
             "ratio_of_means": mean_q / mean_l, "median_ratio": statistics.median(ratios),
             "min_ratio": min(ratios), "max_ratio": max(ratios)}
+
+
+def quality_recipe(args):
+    """The named recipe's settings for args.steps, with --rank and --learning-rate where given."""
+    base = RECIPES[args.recipe]
+    rank = args.rank if args.rank is not None else base["rank"]
+    return dict(rank=rank, alpha=base["alpha"](rank), dropout=base["dropout"],
+                learning_rate=args.learning_rate if args.learning_rate is not None else base["learning_rate"],
+                schedule=base["schedule"], warmup=base["warmup"](args.steps), max_grad_norm=base["max_grad_norm"])
+
+
+def recipe_overrides(args):
+    return ((["--rank", str(args.rank)] if args.rank is not None else [])
+            + (["--learning-rate", str(args.learning_rate)] if args.learning_rate is not None else []))
 
 
 def main():
@@ -421,8 +454,11 @@ def main():
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "qlora-train-comparison"))
     ap.add_argument("--data", default="Sources/QLoRAKit/Resources/stories260K", help="quality: model folder with train/valid.jsonl")
     ap.add_argument("--steps", type=int, default=400, help="quality: optimizer steps (batch 8)")
-    ap.add_argument("--rank", type=int, default=16, help="quality: LoRA rank (alpha is twice the rank)")
-    ap.add_argument("--learning-rate", type=float, default=5e-4, help="quality: peak learning rate (cosine, 10 warm-up steps)")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="default",
+                    help="quality: the settings both runs share (default: r16, alpha 2r, cosine 5e-4; qlora-paper: r64, "
+                         "alpha 16, dropout 0.1, constant 2e-4 after 3 %% warm-up, clip 0.3)")
+    ap.add_argument("--rank", type=int, help="quality: LoRA rank instead of the recipe's (default recipe: alpha 2r)")
+    ap.add_argument("--learning-rate", type=float, help="quality: peak learning rate instead of the recipe's")
     ap.add_argument("--seeds", type=int, nargs="+", default=[42], help="quality: one QLoRA/LoRA pair per seed")
     ap.add_argument("--stack", choices=["qlorakit", "hf"], default="qlorakit",
                     help="quality: qlora train, or transformers + PEFT + bitsandbytes in --python")
@@ -437,7 +473,7 @@ def main():
     if args.mode == "hf-child":
         return hf_child(args.workdir, args.quant, args.dropout)
     if args.mode == "hf-quality-child":
-        return hf_quality_child(args.data, args.quant, args.seeds[0], args.rank, args.steps, args.learning_rate)
+        return hf_quality_child(args.data, args.quant, args.seeds[0], args.steps, quality_recipe(args))
     if args.stack == "hf" and args.loftq:
         ap.error("--loftq is qlora train's (--loftq-reference); the hf stack has no counterpart here")
     started = time.strftime("%Y-%m-%d %H:%M:%S")
