@@ -26,9 +26,11 @@ Not part of the Swift package: the Python side is installed outside the project
            --recipe picks the training settings both runs share: `default` (r16, alpha 2r, cosine
            5e-4) or `qlora-paper` (the QLoRA paper's: r64, alpha 16, dropout 0.1, constant 2e-4
            after 3 % warm-up, gradient norm clipped to 0.3); --rank and --learning-rate override.
+           --base TYPE/BLOCK[/dq] packs the QLoRA run's base otherwise than NF4/64 with double quant.
 
 Usage:  python3 compare.py speed   --qlora .build/release/qlora [--python /tmp/hfenv/bin/python] [--repeat 3] [--dropout 0.1]
         python3 compare.py quality --qlora .build/release/qlora [--seeds 1 2 3 4 5 6] [--loftq] [--recipe qlora-paper]
+                                   [--base nf4/32/dq]
         python3 compare.py quality --stack hf --python /tmp/hfenv/bin/python [--seeds 1 2 3 4 5 6]
 Results are printed as a table and written to --out (JSON).
 """
@@ -372,10 +374,12 @@ def quality(args):
     data = args.data
     work = os.path.join(args.workdir, "quality")
     os.makedirs(work, exist_ok=True)
-    packed = os.path.join(work, "stories260K-nf4.qlora")
+    kind, block, dq = base_spec(args.base)
+    packed = os.path.join(work, f"stories260K-{kind}-{block}{'-dq' if dq else ''}.qlora")
+    qlabel = f"QLoRA ({args.base.upper()} base)"
     if args.stack == "qlorakit":
-        subprocess.run([args.qlora, "quantize", data, "--output", packed, "--type", "nf4", "--block-size", "64",
-                        "--double-quant"], check=True, capture_output=True)
+        subprocess.run([args.qlora, "quantize", data, "--output", packed, "--type", kind, "--block-size", str(block)]
+                       + (["--double-quant"] if dq else []), check=True, capture_output=True)
     recipe = quality_recipe(args)
     print(f"recipe {args.recipe}: " + ", ".join(f"{k} {v}" for k, v in recipe.items()), flush=True)
     runs = []
@@ -386,7 +390,7 @@ def quality(args):
                     "--warmup", str(recipe["warmup"]), "--max-grad-norm", str(recipe["max_grad_norm"]),
                     "--eval-every", str(args.steps), "--max-seq-len", str(SEQ_QUALITY), "--seed", str(seed), "--no-eos"]
         results = {"seed": seed}
-        for label, model, quant in [("QLoRA (NF4/64/DQ base)", packed, "nf4"), ("LoRA (fp32 base)", data, "fp32")]:
+        for label, model, quant in [(qlabel, packed, "nf4"), ("LoRA (fp32 base)", data, "fp32")]:
             started = time.perf_counter()
             if args.stack == "hf":
                 # nice and one thread (hf_quality_child): the 2-core machine is shared with benchmarks.
@@ -414,7 +418,7 @@ def quality(args):
                                   "final_train_loss": [r["loss"] for r in records if "loss" in r][-1]}
             results[label]["wall_s"] = round(time.perf_counter() - started, 1)
             print(f"seed {seed}  {label:24} validation loss {valid[0]:.4f} -> {valid[-1]:.4f}", flush=True)
-        q, l = results["QLoRA (NF4/64/DQ base)"], results["LoRA (fp32 base)"]
+        q, l = results[qlabel], results["LoRA (fp32 base)"]
         results["ratio"] = q["final_valid_loss"] / l["final_valid_loss"]
         print(f"seed {seed}  final validation loss QLoRA / LoRA = {results['ratio']:.4f} "
               f"({100 * (results['ratio'] - 1):+.2f} %)", flush=True)
@@ -422,7 +426,7 @@ def quality(args):
     ratios = [r["ratio"] for r in runs]
     # One run's final loss moves by several % with the seed alone (LoRA init, dropout, data order),
     # more than the 2 % being measured: the headline compares the means over the seeds.
-    mean_q = statistics.mean(r["QLoRA (NF4/64/DQ base)"]["final_valid_loss"] for r in runs)
+    mean_q = statistics.mean(r[qlabel]["final_valid_loss"] for r in runs)
     mean_l = statistics.mean(r["LoRA (fp32 base)"]["final_valid_loss"] for r in runs)
     print(f"over {len(runs)} seeds: mean final validation loss QLoRA {mean_q:.4f}, LoRA {mean_l:.4f}, "
           f"ratio of means {mean_q / mean_l:.4f} ({100 * (mean_q / mean_l - 1):+.2f} %); per-seed ratios "
@@ -430,6 +434,14 @@ def quality(args):
     return {"stack": args.stack, "recipe": dict(recipe, name=args.recipe), "runs": runs, "mean_final_valid_loss": {"qlora": mean_q, "lora": mean_l},
             "ratio_of_means": mean_q / mean_l, "median_ratio": statistics.median(ratios),
             "min_ratio": min(ratios), "max_ratio": max(ratios)}
+
+
+def base_spec(spec):
+    """TYPE/BLOCK or TYPE/BLOCK/dq (qlora quantize --type, --block-size, --double-quant)."""
+    parts = spec.lower().split("/")
+    if len(parts) not in (2, 3) or not parts[1].isdigit() or (len(parts) == 3 and parts[2] != "dq"):
+        raise SystemExit(f"--base {spec}: expected TYPE/BLOCK or TYPE/BLOCK/dq, e.g. nf4/64/dq")
+    return parts[0], int(parts[1]), len(parts) == 3
 
 
 def quality_recipe(args):
@@ -457,6 +469,8 @@ def main():
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="default",
                     help="quality: the settings both runs share (default: r16, alpha 2r, cosine 5e-4; qlora-paper: r64, "
                          "alpha 16, dropout 0.1, constant 2e-4 after 3 %% warm-up, clip 0.3)")
+    ap.add_argument("--base", default="nf4/64/dq",
+                    help="quality: the packed base of the QLoRA run, TYPE/BLOCK[/dq] (qlora quantize; --stack hf: nf4/64/dq only)")
     ap.add_argument("--rank", type=int, help="quality: LoRA rank instead of the recipe's (default recipe: alpha 2r)")
     ap.add_argument("--learning-rate", type=float, help="quality: peak learning rate instead of the recipe's")
     ap.add_argument("--seeds", type=int, nargs="+", default=[42], help="quality: one QLoRA/LoRA pair per seed")
@@ -476,6 +490,8 @@ def main():
         return hf_quality_child(args.data, args.quant, args.seeds[0], args.steps, quality_recipe(args))
     if args.stack == "hf" and args.loftq:
         ap.error("--loftq is qlora train's (--loftq-reference); the hf stack has no counterpart here")
+    if args.stack == "hf" and base_spec(args.base) != ("nf4", 64, True):
+        ap.error("--stack hf quantizes with BitsAndBytesConfig, whose 4-bit blocks are 64 wide: --base nf4/64/dq only")
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     results = speed(args) if args.mode == "speed" else quality(args)
     if args.out:
