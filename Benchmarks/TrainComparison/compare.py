@@ -397,7 +397,7 @@ def quality(args):
                 env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
                 p = subprocess.run(["nice", "-n", "10", args.python, os.path.abspath(__file__), "hf-quality-child",
                                     "--data", data, "--quant", quant, "--seeds", str(seed), "--steps", str(args.steps),
-                                    "--recipe", args.recipe] + recipe_overrides(args),
+                                    "--recipe-json", json.dumps(recipe)],
                                    capture_output=True, text=True, env=env)
                 if p.returncode != 0:
                     raise SystemExit(f"hf-quality-child ({quant}, seed {seed}) failed:\n{p.stderr[-3000:]}")
@@ -453,11 +453,6 @@ def quality_recipe(args):
                 schedule=base["schedule"], warmup=base["warmup"](args.steps), max_grad_norm=base["max_grad_norm"])
 
 
-def recipe_overrides(args):
-    return ((["--rank", str(args.rank)] if args.rank is not None else [])
-            + (["--learning-rate", str(args.learning_rate)] if args.learning_rate is not None else []))
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["speed", "quality", "hf-child", "hf-quality-child"])
@@ -481,13 +476,14 @@ def main():
     ap.add_argument("--only", nargs="*", help="speed: cases whose label contains one of these")
     ap.add_argument("--max-wait", type=float, default=300, help="speed: seconds to wait for a quiet machine before each run")
     ap.add_argument("--quant", help=argparse.SUPPRESS)
+    ap.add_argument("--recipe-json", help=argparse.SUPPRESS)  # hf-quality-child: the settings quality() resolved
     ap.add_argument("--dropout", type=float, default=0.0, help="speed: LoRA dropout on both sides (0 = the issue's setting)")
     ap.add_argument("--out", help="write the results here as JSON")
     args = ap.parse_args()
     if args.mode == "hf-child":
         return hf_child(args.workdir, args.quant, args.dropout)
     if args.mode == "hf-quality-child":
-        return hf_quality_child(args.data, args.quant, args.seeds[0], args.steps, quality_recipe(args))
+        return hf_quality_child(args.data, args.quant, args.seeds[0], args.steps, json.loads(args.recipe_json))
     if args.stack == "hf" and args.loftq:
         ap.error("--loftq is qlora train's (--loftq-reference); the hf stack has no counterpart here")
     if args.stack == "hf" and base_spec(args.base) != ("nf4", 64, True):
