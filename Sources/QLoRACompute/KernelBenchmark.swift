@@ -11,7 +11,7 @@ import QLoRAStorage
 ///
 /// Honesty rules: every method runs in this one process, interleaved (three
 /// rounds of blocks), after a warm-up; times are medians; weights rotate through enough
-/// copies to exceed twice the last-level cache, so no method reads its
+/// copies to exceed 8 × the last-level cache, so no method reads its
 /// weights from cache when a real model would not; OpenBLAS gets the same
 /// thread count as the packed kernels.
 public final class KernelBenchmark {
@@ -196,10 +196,9 @@ public final class KernelBenchmark {
         spec: QuantSpec, outFeatures: Int, inFeatures: Int, batchSizes: [Int], directions: [Direction],
         referenceUpTo: Int, progress: (Result) -> Void = { _ in }
     ) throws -> [Result] {
-        let llc2 = 2 * machine.lastLevelCacheBytes
         let probe = Case(spec: spec, outFeatures: outFeatures, inFeatures: inFeatures, n: 1, direction: .forward)
-        let packedCopies = min(8, max(1, (llc2 + probe.packedBytes - 1) / probe.packedBytes))
-        let denseCopies = min(8, max(1, (llc2 + probe.fp32Bytes - 1) / probe.fp32Bytes))
+        let packedCopies = Self.copies(of: probe.packedBytes, lastLevelCache: machine.lastLevelCacheBytes)
+        let denseCopies = Self.copies(of: probe.fp32Bytes, lastLevelCache: machine.lastLevelCacheBytes)
         var rng = FastRandom(seed: 0x5eed)
         let layers = try (0..<packedCopies).map { i in
             try RandomPackedWeight(spec: spec, rows: outFeatures, cols: inFeatures, rng: &rng)
@@ -223,6 +222,16 @@ public final class KernelBenchmark {
             }
         }
         return results
+    }
+
+    /// How many copies of a weight of `bytes` the timed calls rotate through:
+    /// together more than 8 × the last-level cache (at most 64 copies). Less
+    /// left part of a weight cached for its next call on a 32 MB victim L3
+    /// (Zen 4), which a real model's weights never are: sgemv on 4096×4096
+    /// read 41-47 GB/s over one 64 MB copy, 34-40 over two, 35-37 over four
+    /// and eight, against a 36 GB/s streaming read.
+    public static func copies(of bytes: Int, lastLevelCache: Int) -> Int {
+        min(64, 8 * lastLevelCache / max(bytes, 1) + 1)
     }
 
     private func time(
@@ -260,9 +269,10 @@ public final class KernelBenchmark {
             body()
             return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         }
-        // Warm-up (page faults, thread start-up, OpenBLAS buffers), then one
+        // Warm-up (thread start-up, OpenBLAS buffers; every copy was written
+        // when made, so its pages are in), then one
         // timed probe of each to size the reps.
-        for _ in 0..<max(layers.count, dense.count, 2) {
+        for _ in 0..<min(max(layers.count, dense.count, 2), 8) {
             ours()
             blas()
         }
