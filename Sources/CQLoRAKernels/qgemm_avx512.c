@@ -246,8 +246,10 @@ AVX512_INLINE void chunk_rows(__m512 *acc, const uint8_t *const *row, int64_t c,
             p1[r] = k ? _mm512_fmadd_ps(v1, x1, p1[r]) : _mm512_mul_ps(v1, x1);
         }
     }
+    // The sums of lanes past a short last chunk are zero, but their steps may
+    // lie past the row's, in scratch nothing wrote: zeroed, or 0 · NaN is NaN.
     for (int r = 0; r < R; r++)
-        acc[r] = _mm512_fmadd_ps(_mm512_add_ps(p0[r], p1[r]), chunk_steps(d[r] + first, B), acc[r]);
+        acc[r] = _mm512_fmadd_ps(_mm512_add_ps(p0[r], p1[r]), _mm512_maskz_mov_ps(mask, chunk_steps(d[r] + first, B)), acc[r]);
 }
 
 // Rows [o, o + R) of y = x·Wᵀ, R <= 2: two rows share the loads of x while
