@@ -326,12 +326,15 @@ func vbmiDecodes() -> Bool {
     KernelVariant.lock.withLock {
         var one: Float = 0
         let q: UInt8 = 0
-        var group: Float = 1
+        let group: Float = 1
+        // Both pointers must outlive `w`, not just its initializer.
         return withUnsafePointer(to: q) { q in
-            var w = qk_packed(
-                type: QuantType.nf4.code, block_size: 64, scale_kind: Int32(QK_SCALE_DQ8.rawValue), reserved: 0, rows: 1,
-                cols: 64, codes: nil, scales: UnsafeRawPointer(q), group_scales: &group, offset: 0)
-            return qk_scales_decode_vbmi(&one, &w, 0, 1) == 1
+            withUnsafePointer(to: group) { group in
+                var w = qk_packed(
+                    type: QuantType.nf4.code, block_size: 64, scale_kind: Int32(QK_SCALE_DQ8.rawValue), reserved: 0,
+                    rows: 1, cols: 64, codes: nil, scales: UnsafeRawPointer(q), group_scales: group, offset: 0)
+                return qk_scales_decode_vbmi(&one, &w, 0, 1) == 1
+            }
         }
     }
 }
