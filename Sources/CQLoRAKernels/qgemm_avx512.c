@@ -174,20 +174,35 @@ AVX512_INLINE void forward_rows(float *restrict y, const float *restrict x, cons
 // into that order (chunk_order_x) in the caller's scratch. Each chunk's sums
 // are scaled once, lane by lane, by the step of the block the lane lies in.
 // The core, not memory, bounds this path on Zen 4: with W in L2 it reads
-// 14.3-14.6 GB/s of codes per core, as much as from memory. Every 16 weights
-// take a shift, a lookup and an FMA, 512-bit operations that occupy one of
-// four shared pipes for two cycles each, about 13 cycles per 64 bytes at best
-// (15 measured for the loop alone; decoding block steps adds 6 %). Loads at
-// byte offsets 1-3 instead of three shifts, or more partial sums, gained
-// nothing: the unaligned loads cost what the shifts did.
+// 15.0 GB/s of codes per core (NF4/64/DQ8, 4096 wide). Every 16 weights take
+// a shift, a lookup and an FMA, 512-bit operations that occupy one of four
+// shared pipes for two cycles each, and each chunk's scaling takes three
+// more: 26 per 64 bytes and row, 13 cycles at best, 15 measured for the loop
+// alone; variants with fewer operations ran faster in proportion (without
+// any scaling, 11 % faster). Loads at byte offsets 1-3 instead of three
+// shifts, or more partial sums, gained nothing: the unaligned loads cost what
+// the shifts did.
 enum { CHUNK = 64, CHUNK_WEIGHTS = 128 };
 
 static size_t chunk_x_floats(const qk_packed *w) { return (size_t)((w->cols / 2 + CHUNK - 1) / CHUNK) * CHUNK_WEIGHTS; }
 
+// DQ8 block steps of blocks of 64 or more are looked up in per-group tables
+// (see chunked_group): slots for every group one pair of rows can touch, a
+// power of two of them.
+static int64_t group_slots(const qk_packed *w) {
+    const int64_t span = (2 * (w->cols / w->block_size) - 1) / QK_DQ_GROUP + 2;
+    int64_t slots = 1;
+    while (slots < span) slots *= 2;
+    return slots;
+}
+
+static int uses_group_tables(const qk_packed *w) { return w->scale_kind == QK_SCALE_DQ8 && w->block_size >= 64; }
+
 size_t qk_gemv_avx512_scratch_floats(const qk_packed *w, int64_t n) {
     if (n != 1 || w->type == QK_TYPE_INT8) return 0;
-    // x in chunk order, then two rows' block steps (+ 16: chunk_steps reads a
-    // vector from a chunk's first step).
+    // x in chunk order, then the group tables, or two rows' block steps (+ 16:
+    // chunk_steps reads a vector from a chunk's first step).
+    if (uses_group_tables(w)) return chunk_x_floats(w) + (size_t)(group_slots(w) * QK_DQ_GROUP);
     return chunk_x_floats(w) + (size_t)(2 * (w->cols / w->block_size)) + 16;
 }
 
@@ -229,11 +244,10 @@ AVX512_INLINE __m512 chunk_steps(const float *d, const int B) {
     return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), _mm512_loadu_ps(d));
 }
 
-// acc[r] += the scaled sums of chunk c of rows r < R, whose first block's
-// step is d[r][first]; `mask` selects the dwords of a short last chunk.
+// acc[r] += the scaled sums of chunk c of rows r < R, whose lanes' block
+// steps are step[r]; `mask` selects the dwords of a short last chunk.
 AVX512_INLINE void chunk_rows(__m512 *acc, const uint8_t *const *row, int64_t c, const float *restrict xc,
-                              const float *const *d, int64_t first, __m512 table, const int R, const int B,
-                              __mmask16 mask) {
+                              const __m512 *step, __m512 table, const int R, __mmask16 mask) {
     __m512i q[2];
     __m512 p0[2], p1[2];
     for (int r = 0; r < R; r++) q[r] = _mm512_maskz_loadu_epi32(mask, row[r] + c * CHUNK);
@@ -249,44 +263,103 @@ AVX512_INLINE void chunk_rows(__m512 *acc, const uint8_t *const *row, int64_t c,
     // The sums of lanes past a short last chunk are zero, but their steps may
     // lie past the row's, in scratch nothing wrote: zeroed, or 0 · NaN is NaN.
     for (int r = 0; r < R; r++)
-        acc[r] = _mm512_fmadd_ps(_mm512_add_ps(p0[r], p1[r]), _mm512_maskz_mov_ps(mask, chunk_steps(d[r] + first, B)), acc[r]);
+        acc[r] = _mm512_fmadd_ps(_mm512_add_ps(p0[r], p1[r]), _mm512_maskz_mov_ps(mask, step[r]), acc[r]);
+}
+
+// The group tables of a call: slot g % slots holds the steps of the 256
+// codes for group g, dynamic8[q] · group scale + offset (÷ 7 for INT4: the
+// reference's roundings, in its order). Groups [first, first + count) are
+// filled. Rows only move forward within a call, so a pair of rows fills the
+// groups it reaches first and keeps those its predecessor filled.
+typedef struct {
+    float *s;
+    int64_t slots, first, count;
+} group_tables;
+
+AVX512_INLINE void need_groups(group_tables *t, const qk_packed *w, int64_t g0, int64_t g1) {
+    const int64_t end = t->first + t->count;
+    int64_t g = g0 >= t->first && g0 < end ? end : g0;
+    for (; g <= g1; g++) {
+        float *slot = t->s + (g & (t->slots - 1)) * QK_DQ_GROUP;
+        const __m512 scale = _mm512_set1_ps(w->group_scales[g]), offset = _mm512_set1_ps(w->offset);
+        for (int i = 0; i < QK_DQ_GROUP; i += 16) {
+            __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(qk_dynamic8_table + i), scale), offset);
+            if (w->type == QK_TYPE_INT4) v = _mm512_div_ps(v, _mm512_set1_ps(7.0f));
+            _mm512_store_ps(slot + i, v);
+        }
+    }
+    const int64_t last = g1 > end - 1 || g0 < t->first || g0 >= end ? g1 : end - 1;
+    t->first = g0;
+    t->count = last - g0 + 1;
+}
+
+// The step of block b, from its group's table. Scalar on purpose: the empty
+// asm keeps the compiler from vectorizing the index arithmetic of a chunk's
+// lookups, which put it back on the vector pipes (0.8x).
+AVX512_INLINE const float *group_step(const group_tables *t, const qk_packed *w, uint64_t b) {
+    __asm__("" : "+r"(b));
+    return t->s + ((b / QK_DQ_GROUP) & (uint64_t)(t->slots - 1)) * QK_DQ_GROUP + ((const uint8_t *)w->scales)[b];
+}
+
+// The lane steps of chunk c of a row whose first block is b0: from the group
+// tables (T; the loop itself looks them up, two scalar loads each on
+// units it leaves idle: decoding them with vector shuffles before the loop
+// took 5 % of the time from L2), or from the decoded steps d of the row.
+// `last` marks a short last chunk, whose blocks past the row must not be read.
+AVX512_INLINE __m512 lane_steps(const group_tables *t, const qk_packed *w, int64_t b0, const float *d, int64_t c,
+                                const int B, const int T, const int last) {
+    if (!T) return chunk_steps(d + c * CHUNK_WEIGHTS / B, B);
+    if (B >= 128) return _mm512_set1_ps(*group_step(t, w, b0 + c * CHUNK_WEIGHTS / B));
+    const float *s0 = group_step(t, w, b0 + 2 * c), *s1 = last ? s0 : group_step(t, w, b0 + 2 * c + 1);
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(*s0)),
+                                               _mm256_castps_pd(_mm256_set1_ps(*s1)), 1));
 }
 
 // Rows [o, o + R) of y = x·Wᵀ, R <= 2: two rows share the loads of x while
 // each still reads one stream of codes (more streams at once were slower from
-// memory), and the next rows' codes are prefetched as in forward_group. Both
-// rows' block steps are decoded first, in one call, into `steps`: decoding
-// them in windows per row paid the call's fixed cost more often (5-7 % of the
-// time on rows 2048 wide, where each row is half a run of 64 scales).
+// memory), and the next rows' codes are prefetched as in forward_group. Block
+// steps come from the group tables t where there are some; otherwise both
+// rows' steps are decoded first, in one call, into `steps`: decoding them in
+// windows per row paid the call's fixed cost more often (5-7 % of the time on
+// rows 2048 wide, where each row is half a run of 64 scales).
 // x in chunk order takes 4 bytes per weight of a row, so rows longer than 4096
 // leave too little of L1 for the prefetched codes as well, which then evicted
 // x: those rows' codes are prefetched into L2 only (Zen 4, 2 threads, from
 // memory: 1.07x at 5120 wide, 1.26x at 8192, 1.36x at 11008; at 3072 that cost
 // a fifth of the speed).
 AVX512_INLINE void chunked_group(float *restrict y, const float *restrict xp, const qk_packed *w, int64_t o,
-                                 __m512 table, const int R, const int B, float *restrict steps) {
+                                 __m512 table, const int R, const int B, const int T, group_tables *t,
+                                 float *restrict steps) {
     const int64_t in = w->cols, bpr = in / B, row_bytes = in / 2, full = row_bytes / CHUNK;
-    block_steps(steps, w, o * bpr, R * bpr);
+    if (T) need_groups(t, w, o * bpr / QK_DQ_GROUP, ((o + R) * bpr - 1) / QK_DQ_GROUP);
+    else block_steps(steps, w, o * bpr, R * bpr);
     const __mmask16 tail = (__mmask16)((1u << (row_bytes % CHUNK / 4)) - 1);
     const float *d[2];
     const uint8_t *row[2];
     const char *next = (const char *)(w->codes + (size_t)(o + R) * row_bytes);
     const int prefetch = o + 2 * R <= w->rows, to_l2 = in > 4096;
-    __m512 acc[2];
+    __m512 acc[2], step[2];
     for (int r = 0; r < R; r++) {
         acc[r] = _mm512_setzero_ps();
         row[r] = w->codes + (size_t)(o + r) * row_bytes;
         d[r] = steps + r * bpr;
     }
+    // The next rows' scale codes: a line or two that the table lookups would
+    // otherwise wait for at the start of each row.
+    if (T && prefetch) prefetch_lines((const char *)w->scales, (size_t)(o + R) * bpr, (size_t)(o + 2 * R) * bpr);
     for (int64_t c = 0; c < full; c++) {
         if (prefetch)
             for (int r = 0; r < R; r++) {
                 if (to_l2) _mm_prefetch(next + (c * R + r) * CHUNK, _MM_HINT_T1);
                 else _mm_prefetch(next + (c * R + r) * CHUNK, _MM_HINT_T0);
             }
-        chunk_rows(acc, row, c, xp + c * CHUNK_WEIGHTS, d, c * CHUNK_WEIGHTS / B, table, R, B, 0xFFFF);
+        for (int r = 0; r < R; r++) step[r] = lane_steps(t, w, (o + r) * bpr, d[r], c, B, T, 0);
+        chunk_rows(acc, row, c, xp + c * CHUNK_WEIGHTS, step, table, R, 0xFFFF);
     }
-    if (tail) chunk_rows(acc, row, full, xp + full * CHUNK_WEIGHTS, d, full * CHUNK_WEIGHTS / B, table, R, B, tail);
+    if (tail) {
+        for (int r = 0; r < R; r++) step[r] = lane_steps(t, w, (o + r) * bpr, d[r], full, B, T, 1);
+        chunk_rows(acc, row, full, xp + full * CHUNK_WEIGHTS, step, table, R, tail);
+    }
     for (int r = 0; r < R; r++) y[o + r] = _mm512_reduce_add_ps(acc[r]);
 }
 
@@ -294,16 +367,28 @@ AVX512 static void chunked_forward(float *restrict y, const float *restrict x, c
                                    int64_t end, float *restrict scratch) {
     chunk_order_x(scratch, x, w->cols, w->block_size);
     float *steps = scratch + chunk_x_floats(w);
+    group_tables t = {steps, uses_group_tables(w) ? group_slots(w) : 0, 0, 0};
     const __m512 table = table_of(w->type);
     int64_t o = begin;
-#define ROWS(B)                                                                       \
-    for (; o + 2 <= end; o += 2) chunked_group(y, scratch, w, o, table, 2, B, steps); \
-    if (o < end) chunked_group(y, scratch, w, o, table, 1, B, steps);
+#define ROWS(B, T)                                                                              \
+    do {                                                                                        \
+        for (; o + 2 <= end; o += 2) chunked_group(y, scratch, w, o, table, 2, B, T, &t, steps); \
+        if (o < end) chunked_group(y, scratch, w, o, table, 1, B, T, &t, steps);                 \
+    } while (0)
     switch (w->block_size) {
-    case 32: ROWS(32) break;
-    case 64: ROWS(64) break;
-    case 128: ROWS(128) break;
-    default: ROWS(256) break;
+    case 32: ROWS(32, 0); break;
+    case 64:
+        if (t.slots) ROWS(64, 1);
+        else ROWS(64, 0);
+        break;
+    case 128:
+        if (t.slots) ROWS(128, 1);
+        else ROWS(128, 0);
+        break;
+    default:
+        if (t.slots) ROWS(256, 1);
+        else ROWS(256, 0);
+        break;
     }
 #undef ROWS
 }
