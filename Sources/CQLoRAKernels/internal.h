@@ -105,6 +105,34 @@ void qk_matmul_forward_avx2(float *restrict y, const float *restrict x, int64_t 
 void qk_matmul_backward_avx2(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
                              int64_t begin, int64_t end, int32_t accumulate, float *restrict scratch);
 void qk_block_steps_avx2(float *restrict d, const qk_packed *w, int64_t first, int64_t count);
+// DQ8 block steps looked up per block in per-group tables, for the few-rows
+// forward paths (qgemm_avx2.c): slot g % slots holds the steps of the 256
+// codes of group g, dynamic8[q] · group scale + offset (÷ 7 for INT4; the
+// reference's roundings, in its order). Groups [first, first + count) are
+// filled. A block step is then two scalar loads, on units those loops leave
+// idle, where decoding steps with vector gathers or shuffles competed with
+// the lookups of the weights.
+typedef struct {
+    float *s;  // slots · QK_DQ_GROUP floats, 64-byte aligned
+    int64_t slots, first, count;
+} qk_group_tables;
+// Slots enough for the groups of any `blocks` consecutive blocks (a power of
+// two), and the floats of scratch they take.
+int64_t qk_group_slots(int64_t blocks);
+// Fills the tables of groups [g0, g1] that are not filled yet, keeping those
+// in [g0, first + count): callers move forward through the rows.
+void qk_group_tables_fill(qk_group_tables *t, const qk_packed *w, int64_t g0, int64_t g1);
+// The same, without a call (which spills every vector register of the
+// caller's loop) when the groups are filled already.
+static inline void qk_group_tables_need(qk_group_tables *t, const qk_packed *w, int64_t g0, int64_t g1) {
+    if (g0 < t->first || g1 >= t->first + t->count) qk_group_tables_fill(t, w, g0, g1);
+}
+// The step of block b. The empty asm keeps compilers from vectorizing the
+// index arithmetic of several lookups, which put it back on the vector pipes.
+static inline const float *qk_group_step(const qk_group_tables *t, const qk_packed *w, uint64_t b) {
+    __asm__("" : "+r"(b));
+    return t->s + ((b / QK_DQ_GROUP) & (uint64_t)(t->slots - 1)) * QK_DQ_GROUP + ((const uint8_t *)w->scales)[b];
+}
 // qgemm_avx512.c: whether the AVX-512 sub-paths may run (the switch is on and
 // the CPU has AVX-512F), and the few-rows paths.
 int qk_avx512_allowed(void);

@@ -231,6 +231,32 @@ AVX2 void qk_block_steps_avx2(float *restrict d, const qk_packed *w, int64_t fir
     }
 }
 
+int64_t qk_group_slots(int64_t blocks) {
+    const int64_t span = (blocks - 1) / QK_DQ_GROUP + 2;
+    int64_t slots = 1;
+    while (slots < span) slots *= 2;
+    return slots;
+}
+
+AVX2 void qk_group_tables_fill(qk_group_tables *t, const qk_packed *w, int64_t g0, int64_t g1) {
+    const int64_t end = t->first + t->count;
+    const int kept = g0 >= t->first && g0 < end;
+    // A branch on the type inside the loop cost the AVX-512 decode 2 %.
+    const int divide = w->type == QK_TYPE_INT8 || w->type == QK_TYPE_INT4;
+    const __m256 div = _mm256_set1_ps(w->type == QK_TYPE_INT8 ? 127.0f : 7.0f), offset = _mm256_set1_ps(w->offset);
+    for (int64_t g = kept ? end : g0; g <= g1; g++) {
+        float *slot = t->s + (g & (t->slots - 1)) * QK_DQ_GROUP;
+        const __m256 scale = _mm256_set1_ps(w->group_scales[g]);
+        for (int i = 0; i < QK_DQ_GROUP; i += 8)
+            _mm256_store_ps(slot + i, _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(qk_dynamic8_table + i), scale), offset));
+        if (divide)
+            for (int i = 0; i < QK_DQ_GROUP; i += 8) _mm256_store_ps(slot + i, _mm256_div_ps(_mm256_load_ps(slot + i), div));
+    }
+    const int64_t last = kept && end - 1 > g1 ? end - 1 : g1;
+    t->first = g0;
+    t->count = last - g0 + 1;
+}
+
 // dst[p] = src[natural(p)] over a whole row of blocks (forward: permute x).
 static void permute_row(float *restrict dst, const float *restrict src, int64_t len, int kind, int64_t B) {
     int64_t order[256];
@@ -259,9 +285,13 @@ AVX2_INLINE float hsum(__m256 v) {
 }
 
 // Rows [begin, end) of y = x·Wᵀ for NT (1..QK_GEMV_MAX_N) rows of x, already
-// permuted into xp (NT × in). Each block's partial sum is scaled once.
+// permuted into xp (NT × in). Each block's partial sum is scaled once, by a
+// step from the group tables g (G: DQ8 scales; 1.1x at n = 1 on Zen 4, where
+// gathering the steps of 8 blocks from the code table took 9 % of the time)
+// or decoded in batches.
 AVX2_INLINE void gemv_forward(float *restrict y, const float *restrict xp, const qk_packed *w,
-                              int64_t begin, int64_t end, const int NT, const int kind) {
+                              int64_t begin, int64_t end, qk_group_tables *g, const int NT, const int kind,
+                              const int G) {
     const int64_t in = w->cols, out = w->rows, B = w->block_size, bpr = in / B;
     const size_t bb = qk_block_bytes(w->type, w->block_size);
     const lut4 l = lut4_make(w->type);
@@ -270,8 +300,9 @@ AVX2_INLINE void gemv_forward(float *restrict y, const float *restrict xp, const
         __m256 acc[QK_GEMV_MAX_N];
         for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
         const uint8_t *c = w->codes + (size_t)(o * bpr) * bb;
+        if (G) qk_group_tables_need(g, w, o * bpr / QK_DQ_GROUP, ((o + 1) * bpr - 1) / QK_DQ_GROUP);
         for (int64_t b = 0; b < bpr; b++, c += bb) {
-            if (b % STEP_BATCH == 0) qk_block_steps_avx2(d, w, o * bpr + b, bpr - b < STEP_BATCH ? bpr - b : STEP_BATCH);
+            if (!G && b % STEP_BATCH == 0) qk_block_steps_avx2(d, w, o * bpr + b, bpr - b < STEP_BATCH ? bpr - b : STEP_BATCH);
             __m256 p0[QK_GEMV_MAX_N], p1[QK_GEMV_MAX_N];
             for (int t = 0; t < NT; t++) p0[t] = p1[t] = _mm256_setzero_ps();
             const float *xb = xp + b * B;
@@ -286,7 +317,7 @@ AVX2_INLINE void gemv_forward(float *restrict y, const float *restrict xp, const
                     p1[t] = _mm256_fmadd_ps(f[3], _mm256_loadu_ps(xs + 24), p1[t]);
                 }
             }
-            const __m256 step = _mm256_set1_ps(d[b % STEP_BATCH]);
+            const __m256 step = _mm256_set1_ps(G ? *qk_group_step(g, w, (uint64_t)(o * bpr + b)) : d[b % STEP_BATCH]);
             for (int t = 0; t < NT; t++) acc[t] = _mm256_fmadd_ps(_mm256_add_ps(p0[t], p1[t]), step, acc[t]);
         }
         for (int t = 0; t < NT; t++) y[t * out + o] = hsum(acc[t]);
@@ -340,16 +371,33 @@ AVX2_INLINE void gemv_backward(float *restrict dxp, const float *restrict dy, co
     for (; o < w->rows; o++) backward_group(dxp, dy, w, o, b0, b1, NT, 1, kind);
 }
 
+// Scratch of the few-rows forward: x permuted, then (DQ8) the group tables of
+// one row's blocks.
+static size_t gemv_tables_offset(const qk_packed *w, int64_t n) { return (size_t)(n * w->cols + 15) / 16 * 16; }
+
+static size_t gemv_forward_scratch_floats(const qk_packed *w, int64_t n) {
+    if (w->scale_kind != QK_SCALE_DQ8) return (size_t)(n * w->cols);
+    return gemv_tables_offset(w, n) + (size_t)(qk_group_slots(w->cols / w->block_size) * QK_DQ_GROUP);
+}
+
 AVX2 static void gemv_forward_any(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
                                   int64_t begin, int64_t end, float *restrict xp) {
     const int64_t in = w->cols;
     const int kind = w->type == QK_TYPE_INT8 ? KIND_INT8 : KIND_LUT4;
     for (int64_t i = 0; i < n; i++) permute_row(xp + i * in, x + i * in, in, kind, w->block_size);
+    qk_group_tables g = {xp + gemv_tables_offset(w, n), qk_group_slots(in / w->block_size), 0, 0};
+#define FWD_G(NT, G)                                                                           \
+    if (kind == KIND_INT8) gemv_forward(y, xp, w, begin, end, &g, NT, KIND_INT8, G);           \
+    else gemv_forward(y, xp, w, begin, end, &g, NT, KIND_LUT4, G);
 #define FWD(NT)                                                                                \
-    if (kind == KIND_INT8) gemv_forward(y, xp, w, begin, end, NT, KIND_INT8);                  \
-    else gemv_forward(y, xp, w, begin, end, NT, KIND_LUT4);
+    if (w->scale_kind == QK_SCALE_DQ8) {                                                       \
+        FWD_G(NT, 1)                                                                           \
+    } else {                                                                                   \
+        FWD_G(NT, 0)                                                                           \
+    }
     QK_FOR_ROWS4(n, FWD)
 #undef FWD
+#undef FWD_G
 }
 
 AVX2 static void gemv_backward_any(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
@@ -586,7 +634,7 @@ int qk_matmul_forward_tiled_avx2(const qk_packed *w, int64_t n) {
 
 size_t qk_matmul_scratch_floats_avx2(const qk_packed *w, int64_t n, int32_t direction) {
     (void)direction;
-    size_t floats = gemv_applies(w, n) ? (size_t)(n * w->cols) : 0;
+    size_t floats = gemv_applies(w, n) ? gemv_forward_scratch_floats(w, n) : 0;
     if (tile_scratch_floats() > floats) floats = tile_scratch_floats();
     if (qk_tiled_avx512_scratch_floats() > floats) floats = qk_tiled_avx512_scratch_floats();
     if (qk_gemv_avx512_scratch_floats(w, n) > floats) floats = qk_gemv_avx512_scratch_floats(w, n);

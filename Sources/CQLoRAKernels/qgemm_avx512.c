@@ -186,15 +186,9 @@ enum { CHUNK = 64, CHUNK_WEIGHTS = 128 };
 
 static size_t chunk_x_floats(const qk_packed *w) { return (size_t)((w->cols / 2 + CHUNK - 1) / CHUNK) * CHUNK_WEIGHTS; }
 
-// DQ8 block steps of blocks of 64 or more are looked up in per-group tables
-// (see chunked_group): slots for every group one pair of rows can touch, a
-// power of two of them.
-static int64_t group_slots(const qk_packed *w) {
-    const int64_t span = (2 * (w->cols / w->block_size) - 1) / QK_DQ_GROUP + 2;
-    int64_t slots = 1;
-    while (slots < span) slots *= 2;
-    return slots;
-}
+// DQ8 block steps of blocks of 64 or more come from the group tables (see
+// chunked_group), slots for every group a pair of rows can touch.
+static int64_t group_slots(const qk_packed *w) { return qk_group_slots(2 * (w->cols / w->block_size)); }
 
 static int uses_group_tables(const qk_packed *w) { return w->scale_kind == QK_SCALE_DQ8 && w->block_size >= 64; }
 
@@ -266,51 +260,16 @@ AVX512_INLINE void chunk_rows(__m512 *acc, const uint8_t *const *row, int64_t c,
         acc[r] = _mm512_fmadd_ps(_mm512_add_ps(p0[r], p1[r]), _mm512_maskz_mov_ps(mask, step[r]), acc[r]);
 }
 
-// The group tables of a call: slot g % slots holds the steps of the 256
-// codes for group g, dynamic8[q] · group scale + offset (÷ 7 for INT4: the
-// reference's roundings, in its order). Groups [first, first + count) are
-// filled. Rows only move forward within a call, so a pair of rows fills the
-// groups it reaches first and keeps those its predecessor filled.
-typedef struct {
-    float *s;
-    int64_t slots, first, count;
-} group_tables;
-
-AVX512_INLINE void need_groups(group_tables *t, const qk_packed *w, int64_t g0, int64_t g1) {
-    const int64_t end = t->first + t->count;
-    int64_t g = g0 >= t->first && g0 < end ? end : g0;
-    for (; g <= g1; g++) {
-        float *slot = t->s + (g & (t->slots - 1)) * QK_DQ_GROUP;
-        const __m512 scale = _mm512_set1_ps(w->group_scales[g]), offset = _mm512_set1_ps(w->offset);
-        for (int i = 0; i < QK_DQ_GROUP; i += 16) {
-            __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(qk_dynamic8_table + i), scale), offset);
-            if (w->type == QK_TYPE_INT4) v = _mm512_div_ps(v, _mm512_set1_ps(7.0f));
-            _mm512_store_ps(slot + i, v);
-        }
-    }
-    const int64_t last = g1 > end - 1 || g0 < t->first || g0 >= end ? g1 : end - 1;
-    t->first = g0;
-    t->count = last - g0 + 1;
-}
-
-// The step of block b, from its group's table. Scalar on purpose: the empty
-// asm keeps the compiler from vectorizing the index arithmetic of a chunk's
-// lookups, which put it back on the vector pipes (0.8x).
-AVX512_INLINE const float *group_step(const group_tables *t, const qk_packed *w, uint64_t b) {
-    __asm__("" : "+r"(b));
-    return t->s + ((b / QK_DQ_GROUP) & (uint64_t)(t->slots - 1)) * QK_DQ_GROUP + ((const uint8_t *)w->scales)[b];
-}
-
 // The lane steps of chunk c of a row whose first block is b0: from the group
 // tables (T; the loop itself looks them up, two scalar loads each on
 // units it leaves idle: decoding them with vector shuffles before the loop
 // took 5 % of the time from L2), or from the decoded steps d of the row.
 // `last` marks a short last chunk, whose blocks past the row must not be read.
-AVX512_INLINE __m512 lane_steps(const group_tables *t, const qk_packed *w, int64_t b0, const float *d, int64_t c,
+AVX512_INLINE __m512 lane_steps(const qk_group_tables *t, const qk_packed *w, int64_t b0, const float *d, int64_t c,
                                 const int B, const int T, const int last) {
     if (!T) return chunk_steps(d + c * CHUNK_WEIGHTS / B, B);
-    if (B >= 128) return _mm512_set1_ps(*group_step(t, w, b0 + c * CHUNK_WEIGHTS / B));
-    const float *s0 = group_step(t, w, b0 + 2 * c), *s1 = last ? s0 : group_step(t, w, b0 + 2 * c + 1);
+    if (B >= 128) return _mm512_set1_ps(*qk_group_step(t, w, b0 + c * CHUNK_WEIGHTS / B));
+    const float *s0 = qk_group_step(t, w, b0 + 2 * c), *s1 = last ? s0 : qk_group_step(t, w, b0 + 2 * c + 1);
     return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(*s0)),
                                                _mm256_castps_pd(_mm256_set1_ps(*s1)), 1));
 }
@@ -328,10 +287,10 @@ AVX512_INLINE __m512 lane_steps(const group_tables *t, const qk_packed *w, int64
 // memory: 1.07x at 5120 wide, 1.26x at 8192, 1.36x at 11008; at 3072 that cost
 // a fifth of the speed).
 AVX512_INLINE void chunked_group(float *restrict y, const float *restrict xp, const qk_packed *w, int64_t o,
-                                 __m512 table, const int R, const int B, const int T, group_tables *t,
+                                 __m512 table, const int R, const int B, const int T, qk_group_tables *t,
                                  float *restrict steps) {
     const int64_t in = w->cols, bpr = in / B, row_bytes = in / 2, full = row_bytes / CHUNK;
-    if (T) need_groups(t, w, o * bpr / QK_DQ_GROUP, ((o + R) * bpr - 1) / QK_DQ_GROUP);
+    if (T) qk_group_tables_need(t, w, o * bpr / QK_DQ_GROUP, ((o + R) * bpr - 1) / QK_DQ_GROUP);
     else block_steps(steps, w, o * bpr, R * bpr);
     const __mmask16 tail = (__mmask16)((1u << (row_bytes % CHUNK / 4)) - 1);
     const float *d[2];
@@ -367,7 +326,7 @@ AVX512 static void chunked_forward(float *restrict y, const float *restrict x, c
                                    int64_t end, float *restrict scratch) {
     chunk_order_x(scratch, x, w->cols, w->block_size);
     float *steps = scratch + chunk_x_floats(w);
-    group_tables t = {steps, uses_group_tables(w) ? group_slots(w) : 0, 0, 0};
+    qk_group_tables t = {steps, uses_group_tables(w) ? group_slots(w) : 0, 0, 0};
     const __m512 table = table_of(w->type);
     int64_t o = begin;
 #define ROWS(B, T)                                                                              \
