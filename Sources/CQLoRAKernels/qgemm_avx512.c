@@ -281,11 +281,11 @@ AVX512_INLINE __m512 lane_steps(const qk_group_tables *t, const qk_packed *w, in
 // rows' steps are decoded first, in one call, into `steps`: decoding them in
 // windows per row paid the call's fixed cost more often (5-7 % of the time on
 // rows 2048 wide, where each row is half a run of 64 scales).
-// x in chunk order takes 4 bytes per weight of a row, so rows longer than 4096
-// leave too little of L1 for the prefetched codes as well, which then evicted
-// x: those rows' codes are prefetched into L2 only (Zen 4, 2 threads, from
-// memory: 1.07x at 5120 wide, 1.26x at 8192, 1.36x at 11008; at 3072 that cost
-// a fifth of the speed).
+// x in chunk order takes 4 bytes per weight of a row, so rows of 4096 and
+// longer leave too little of L1 for the prefetched codes as well, which then
+// evicted x: those rows' codes are prefetched into L2 only (Zen 4, 2 threads,
+// from memory: 1.15x at 4096 wide, 1.07x at 5120, 1.26x at 8192, 1.36x at
+// 11008; at 3072 that cost a fifth of the speed).
 AVX512_INLINE void chunked_group(float *restrict y, const float *restrict xp, const qk_packed *w, int64_t o,
                                  __m512 table, const int R, const int B, const int T, qk_group_tables *t,
                                  float *restrict steps) {
@@ -296,7 +296,7 @@ AVX512_INLINE void chunked_group(float *restrict y, const float *restrict xp, co
     const float *d[2];
     const uint8_t *row[2];
     const char *next = (const char *)(w->codes + (size_t)(o + R) * row_bytes);
-    const int prefetch = o + 2 * R <= w->rows, to_l2 = in > 4096;
+    const int prefetch = o + 2 * R <= w->rows, to_l2 = in >= 4096;
     __m512 acc[2], step[2];
     for (int r = 0; r < R; r++) {
         acc[r] = _mm512_setzero_ps();
