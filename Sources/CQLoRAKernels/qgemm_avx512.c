@@ -186,18 +186,21 @@ enum { CHUNK = 64, CHUNK_WEIGHTS = 128 };
 
 static size_t chunk_x_floats(const qk_packed *w) { return (size_t)((w->cols / 2 + CHUNK - 1) / CHUNK) * CHUNK_WEIGHTS; }
 
+// Rows per group of the decode path (see chunked_group).
+enum { GROUP_ROWS = 4 };
+
 // DQ8 block steps of blocks of 64 or more come from the group tables (see
-// chunked_group), slots for every group a pair of rows can touch.
-static int64_t group_slots(const qk_packed *w) { return qk_group_slots(2 * (w->cols / w->block_size)); }
+// chunked_group), slots for every group of scales a group of rows can touch.
+static int64_t group_slots(const qk_packed *w) { return qk_group_slots(GROUP_ROWS * (w->cols / w->block_size)); }
 
 static int uses_group_tables(const qk_packed *w) { return w->scale_kind == QK_SCALE_DQ8 && w->block_size >= 64; }
 
 size_t qk_gemv_avx512_scratch_floats(const qk_packed *w, int64_t n) {
     if (n != 1 || w->type == QK_TYPE_INT8) return 0;
-    // x in chunk order, then the group tables, or two rows' block steps (+ 16:
-    // chunk_steps reads a vector from a chunk's first step).
+    // x in chunk order, then the group tables, or a group of rows' block steps
+    // (+ 16: chunk_steps reads a vector from a chunk's first step).
     if (uses_group_tables(w)) return chunk_x_floats(w) + (size_t)(group_slots(w) * QK_DQ_GROUP);
-    return chunk_x_floats(w) + (size_t)(2 * (w->cols / w->block_size)) + 16;
+    return chunk_x_floats(w) + (size_t)(GROUP_ROWS * (w->cols / w->block_size)) + 16;
 }
 
 // xp[128 c + 16 k + i] = the weight of nibble k (low, high, low, ...) of byte
@@ -242,8 +245,8 @@ AVX512_INLINE __m512 chunk_steps(const float *d, const int B) {
 // steps are step[r]; `mask` selects the dwords of a short last chunk.
 AVX512_INLINE void chunk_rows(__m512 *acc, const uint8_t *const *row, int64_t c, const float *restrict xc,
                               const __m512 *step, __m512 table, const int R, __mmask16 mask) {
-    __m512i q[2];
-    __m512 p0[2], p1[2];
+    __m512i q[GROUP_ROWS];
+    __m512 p0[GROUP_ROWS], p1[GROUP_ROWS];
     for (int r = 0; r < R; r++) q[r] = _mm512_maskz_loadu_epi32(mask, row[r] + c * CHUNK);
     for (int k = 0; k < 8; k += 2) {
         const __m512 x0 = _mm512_loadu_ps(xc + 16 * k), x1 = _mm512_loadu_ps(xc + 16 * k + 16);
@@ -274,10 +277,12 @@ AVX512_INLINE __m512 lane_steps(const qk_group_tables *t, const qk_packed *w, in
                                                _mm256_castps_pd(_mm256_set1_ps(*s1)), 1));
 }
 
-// Rows [o, o + R) of y = x·Wᵀ, R <= 2: two rows share the loads of x while
-// each still reads one stream of codes (more streams at once were slower from
-// memory), and the next rows' codes are prefetched as in forward_group. Block
-// steps come from the group tables t where there are some; otherwise both
+// Rows [o, o + R) of y = x·Wᵀ, R <= GROUP_ROWS: the rows share the loads of
+// x, each reads its own stream of codes, and the next rows' codes are
+// prefetched as in forward_group. Four rows ran faster than two once the
+// prefetches of wide rows went to L2 (Zen 4, 2 threads, from memory: 1.07-1.10x
+// at 4096 and 5632 wide, 1.01x at 2048; one core from L2, 1.04x). Block
+// steps come from the group tables t where there are some; otherwise the
 // rows' steps are decoded first, in one call, into `steps`: decoding them in
 // windows per row paid the call's fixed cost more often (5-7 % of the time on
 // rows 2048 wide, where each row is half a run of 64 scales).
@@ -293,11 +298,11 @@ AVX512_INLINE void chunked_group(float *restrict y, const float *restrict xp, co
     if (T) qk_group_tables_need(t, w, o * bpr / QK_DQ_GROUP, ((o + R) * bpr - 1) / QK_DQ_GROUP);
     else block_steps(steps, w, o * bpr, R * bpr);
     const __mmask16 tail = (__mmask16)((1u << (row_bytes % CHUNK / 4)) - 1);
-    const float *d[2];
-    const uint8_t *row[2];
+    const float *d[GROUP_ROWS];
+    const uint8_t *row[GROUP_ROWS];
     const char *next = (const char *)(w->codes + (size_t)(o + R) * row_bytes);
     const int prefetch = o + 2 * R <= w->rows, to_l2 = in >= 4096;
-    __m512 acc[2], step[2];
+    __m512 acc[GROUP_ROWS], step[GROUP_ROWS];
     for (int r = 0; r < R; r++) {
         acc[r] = _mm512_setzero_ps();
         row[r] = w->codes + (size_t)(o + r) * row_bytes;
@@ -331,6 +336,7 @@ AVX512 static void chunked_forward(float *restrict y, const float *restrict x, c
     int64_t o = begin;
 #define ROWS(B, T)                                                                              \
     do {                                                                                        \
+        for (; o + 4 <= end; o += 4) chunked_group(y, scratch, w, o, table, 4, B, T, &t, steps); \
         for (; o + 2 <= end; o += 2) chunked_group(y, scratch, w, o, table, 2, B, T, &t, steps); \
         if (o < end) chunked_group(y, scratch, w, o, table, 1, B, T, &t, steps);                 \
     } while (0)
