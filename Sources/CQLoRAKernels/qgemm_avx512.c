@@ -102,24 +102,28 @@ AVX512_INLINE void block_steps(float *restrict d, const qk_packed *w, int64_t fi
 // load of x. 4-bit types: each block's 16-entry table is scaled by the block
 // step once, so the lookups yield the dequantized weights themselves (bit for
 // bit the reference's) and go straight into the running sums. INT8: each
-// block's partial sums of code · x are scaled once.
+// block's partial sums of code · x are scaled once. Block steps come from the
+// group tables t (T: DQ8 scales) or are decoded STEPS blocks at a time.
 AVX512_INLINE void forward_group(float *restrict y, const float *restrict x, const qk_packed *w, int64_t o,
-                                 __m512 table, const int NT, const int R, const int int8) {
+                                 __m512 table, const int NT, const int R, const int int8, const int T,
+                                 qk_group_tables *t) {
     const int64_t in = w->cols, out = w->rows, B = w->block_size, bpr = in / B;
     const size_t bb = qk_block_bytes(w->type, w->block_size);
-    float d[4][STEPS];
+    float d[4][STEPS], s[4];
+    if (T) qk_group_tables_need(t, w, o * bpr / QK_DQ_GROUP, ((o + R) * bpr - 1) / QK_DQ_GROUP);
     const int prefetch = o + 2 * R <= out;
     const char *next = (const char *)(w->codes + (size_t)(o + R) * bpr * bb);
     __m512 a0[4][QK_GEMV512_MAX_N], a1[4][QK_GEMV512_MAX_N];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < NT; t++) a0[r][t] = a1[r][t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < bpr; b++) {
-        if (b % STEPS == 0)
+        if (!T && b % STEPS == 0)
             for (int r = 0; r < R; r++)
                 block_steps(d[r], w, (o + r) * bpr + b, bpr - b < STEPS ? bpr - b : STEPS);
+        for (int r = 0; r < R; r++) s[r] = T ? *qk_group_step(t, w, (uint64_t)((o + r) * bpr + b)) : d[r][b % STEPS];
         __m512 scaled[4], p0[4][QK_GEMV512_MAX_N], p1[4][QK_GEMV512_MAX_N];
         for (int r = 0; r < R; r++) {
-            if (!int8) scaled[r] = _mm512_mul_ps(table, _mm512_set1_ps(d[r][b % STEPS]));
+            if (!int8) scaled[r] = _mm512_mul_ps(table, _mm512_set1_ps(s[r]));
             for (int t = 0; t < NT; t++) p0[r][t] = p1[r][t] = _mm512_setzero_ps();
         }
         // Each row's codes are only a few cache lines long, too short a
@@ -146,7 +150,7 @@ AVX512_INLINE void forward_group(float *restrict y, const float *restrict x, con
         }
         if (int8)
             for (int r = 0; r < R; r++) {
-                const __m512 step = _mm512_set1_ps(d[r][b % STEPS]);
+                const __m512 step = _mm512_set1_ps(s[r]);
                 for (int t = 0; t < NT; t++) a0[r][t] = _mm512_fmadd_ps(_mm512_add_ps(p0[r][t], p1[r][t]), step, a0[r][t]);
             }
     }
@@ -157,12 +161,12 @@ AVX512_INLINE void forward_group(float *restrict y, const float *restrict x, con
 // Rows [begin, end) of y: R rows of W at a time while the sums of R · NT
 // pairs fit in registers, the rest one by one.
 AVX512_INLINE void forward_rows(float *restrict y, const float *restrict x, const qk_packed *w, int64_t begin,
-                                int64_t end, const int NT, const int int8) {
+                                int64_t end, const int NT, const int int8, const int T, qk_group_tables *t) {
     const int R = NT == 1 ? 4 : NT <= 4 ? 2 : 1;
     const __m512 table = int8 ? _mm512_setzero_ps() : table_of(w->type);
     int64_t o = begin;
-    for (; o + R <= end; o += R) forward_group(y, x, w, o, table, NT, R, int8);
-    for (; o < end; o++) forward_group(y, x, w, o, table, NT, 1, int8);
+    for (; o + R <= end; o += R) forward_group(y, x, w, o, table, NT, R, int8, T, t);
+    for (; o < end; o++) forward_group(y, x, w, o, table, NT, 1, int8, T, t);
 }
 
 // One row of x (decode), 4-bit types: the codes are read 64 bytes at a time
@@ -186,17 +190,21 @@ enum { CHUNK = 64, CHUNK_WEIGHTS = 128 };
 
 static size_t chunk_x_floats(const qk_packed *w) { return (size_t)((w->cols / 2 + CHUNK - 1) / CHUNK) * CHUNK_WEIGHTS; }
 
-// Rows per group of the decode path (see chunked_group).
+// Rows of W at most per group of the few-rows paths (chunked_group,
+// forward_group).
 enum { GROUP_ROWS = 4 };
 
-// DQ8 block steps of blocks of 64 or more come from the group tables (see
-// chunked_group), slots for every group of scales a group of rows can touch.
+// DQ8 block steps come from the group tables (see chunked_group; for one row
+// of x, blocks of 64 or more), slots for every group of scales a group of
+// rows can touch.
 static int64_t group_slots(const qk_packed *w) { return qk_group_slots(GROUP_ROWS * (w->cols / w->block_size)); }
 
 static int uses_group_tables(const qk_packed *w) { return w->scale_kind == QK_SCALE_DQ8 && w->block_size >= 64; }
 
 size_t qk_gemv_avx512_scratch_floats(const qk_packed *w, int64_t n) {
-    if (n != 1 || w->type == QK_TYPE_INT8) return 0;
+    // forward_group: the group tables of up to four rows.
+    if (n != 1 || w->type == QK_TYPE_INT8)
+        return w->scale_kind == QK_SCALE_DQ8 ? (size_t)(group_slots(w) * QK_DQ_GROUP) : 0;
     // x in chunk order, then the group tables, or a group of rows' block steps
     // (+ 16: chunk_steps reads a vector from a chunk's first step).
     if (uses_group_tables(w)) return chunk_x_floats(w) + (size_t)(group_slots(w) * QK_DQ_GROUP);
@@ -426,11 +434,19 @@ AVX512 void qk_gemv_forward_avx512(float *restrict y, const float *restrict x, i
         chunked_forward(y, x, w, begin, end, scratch);
         return;
     }
+    qk_group_tables t = {scratch, group_slots(w), 0, 0};
+#define FWD_T(NT, T)                                                                           \
+    if (w->type == QK_TYPE_INT8) forward_rows(y, x, w, begin, end, NT, 1, T, &t);              \
+    else forward_rows(y, x, w, begin, end, NT, 0, T, &t);
 #define FWD(NT)                                                                                \
-    if (w->type == QK_TYPE_INT8) forward_rows(y, x, w, begin, end, NT, 1);                     \
-    else forward_rows(y, x, w, begin, end, NT, 0);
+    if (w->scale_kind == QK_SCALE_DQ8) {                                                       \
+        FWD_T(NT, 1)                                                                           \
+    } else {                                                                                   \
+        FWD_T(NT, 0)                                                                           \
+    }
     QK_FOR_ROWS8(n, FWD)
 #undef FWD
+#undef FWD_T
 }
 
 AVX512 void qk_gemv_backward_avx512(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
