@@ -95,6 +95,7 @@ static inline int64_t qk_chunk_rows(int64_t n, int64_t mc) {
 void qk_dequantize_span_ref(float *restrict y, const qk_packed *w, int64_t first, int64_t count,
                             float *restrict tmp);
 #if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
 size_t qk_matmul_scratch_floats_avx2(const qk_packed *w, int64_t n, int32_t direction);
 // Whether a forward product of n rows takes the tiled GEMM (else a few-rows path).
 int qk_matmul_forward_tiled_avx2(const qk_packed *w, int64_t n);
@@ -105,6 +106,11 @@ void qk_matmul_forward_avx2(float *restrict y, const float *restrict x, int64_t 
 void qk_matmul_backward_avx2(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
                              int64_t begin, int64_t end, int32_t accumulate, float *restrict scratch);
 void qk_block_steps_avx2(float *restrict d, const qk_packed *w, int64_t first, int64_t count);
+// Prefetches (into L1) the cache lines that start within base[from, to):
+// each line once when consecutive calls cover consecutive ranges.
+static inline void qk_prefetch_lines(const char *base, size_t from, size_t to) {
+    for (size_t at = (from + 63) & ~(size_t)63; at < to; at += 64) _mm_prefetch(base + at, _MM_HINT_T0);
+}
 // DQ8 block steps looked up per block in per-group tables, for the few-rows
 // forward paths (qgemm_avx2.c): slot g % slots holds the steps of the 256
 // codes of group g, dynamic8[q] · group scale + offset (÷ 7 for INT4; the

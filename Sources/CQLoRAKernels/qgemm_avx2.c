@@ -301,7 +301,14 @@ AVX2_INLINE void gemv_forward(float *restrict y, const float *restrict xp, const
         for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
         const uint8_t *c = w->codes + (size_t)(o * bpr) * bb;
         if (G) qk_group_tables_need(g, w, o * bpr / QK_DQ_GROUP, ((o + 1) * bpr - 1) / QK_DQ_GROUP);
+        // The next row's codes, block by block as this row's are read: a row
+        // is too short a stream for the hardware prefetcher to learn (Zen 4,
+        // AVX-512 switched off, 2 threads, from memory: 1.2-1.4x at 4096 and
+        // 11008 wide, 0.99x at 1024).
+        const char *next = (const char *)c + (size_t)bpr * bb;
+        const int prefetch = o + 1 < w->rows;
         for (int64_t b = 0; b < bpr; b++, c += bb) {
+            if (prefetch) qk_prefetch_lines(next, (size_t)b * bb, (size_t)(b + 1) * bb);
             if (!G && b % STEP_BATCH == 0) qk_block_steps_avx2(d, w, o * bpr + b, bpr - b < STEP_BATCH ? bpr - b : STEP_BATCH);
             __m256 p0[QK_GEMV_MAX_N], p1[QK_GEMV_MAX_N];
             for (int t = 0; t < NT; t++) p0[t] = p1[t] = _mm256_setzero_ps();

@@ -75,12 +75,6 @@ static inline int64_t unit_pos1(int64_t u, int64_t B, const int int8) { return i
 
 enum { STEPS = 64 };
 
-// Prefetches the cache lines that start within base[from, to): each line once
-// when consecutive calls cover consecutive ranges.
-AVX512_INLINE void prefetch_lines(const char *base, size_t from, size_t to) {
-    for (size_t at = (from + 63) & ~(size_t)63; at < to; at += 64) _mm_prefetch(base + at, _MM_HINT_T0);
-}
-
 // Steps of blocks [first, first + count) of w: DQ8 scales through the VBMI
 // byte lookups where the CPU has them (a gather of the code table costs
 // several times more), otherwise as AVX2 does; the same bits either way.
@@ -130,7 +124,7 @@ AVX512_INLINE void forward_group(float *restrict y, const float *restrict x, con
         // stream for the hardware prefetcher to learn before it ends: fetch
         // the next group's codes (contiguous after this group's), as many
         // lines per block as this group reads.
-        if (prefetch) prefetch_lines(next, (size_t)b * R * bb, (size_t)(b + 1) * R * bb);
+        if (prefetch) qk_prefetch_lines(next, (size_t)b * R * bb, (size_t)(b + 1) * R * bb);
         for (int64_t u = 0; u < B / 32; u++) {
             const int64_t j0 = b * B + unit_pos0(u, int8), j1 = b * B + unit_pos1(u, B, int8);
             for (int r = 0; r < R; r++) {
@@ -324,7 +318,7 @@ AVX512_INLINE void chunked_group(float *restrict y, const float *restrict xp, co
     }
     // The next rows' scale codes: a line or two that the table lookups would
     // otherwise wait for at the start of each row.
-    if (T && prefetch) prefetch_lines((const char *)w->scales, (size_t)(o + R) * bpr, (size_t)(o + 2 * R) * bpr);
+    if (T && prefetch) qk_prefetch_lines((const char *)w->scales, (size_t)(o + R) * bpr, (size_t)(o + 2 * R) * bpr);
     for (int64_t c = 0; c < full; c++) {
         if (prefetch)
             for (int r = 0; r < R; r++) {
@@ -399,7 +393,7 @@ AVX512_INLINE void backward_group(float *restrict dx, const float *restrict dy, 
         for (int r = 0; r < R; r++) {
             for (int t = 0; t < NT; t++) s[r][t] = _mm512_set1_ps(dy[t * out + o + r] * d[r][(b - b0) % STEPS]);
             c[r] = w->codes + (size_t)(o + r) * row_bytes + (size_t)b * bb;
-            if (prefetch) prefetch_lines((const char *)w->codes, next + r * row_bytes + b * bb, next + r * row_bytes + (b + 1) * bb);
+            if (prefetch) qk_prefetch_lines((const char *)w->codes, next + r * row_bytes + b * bb, next + r * row_bytes + (b + 1) * bb);
         }
         for (int64_t u = 0; u < B / 32; u++) {
             float *d0 = dx + b * B + unit_pos0(u, int8), *d1 = dx + b * B + unit_pos1(u, B, int8);
