@@ -112,9 +112,9 @@ static inline void qk_prefetch_lines(const char *base, size_t from, size_t to) {
     for (size_t at = (from + 63) & ~(size_t)63; at < to; at += 64) _mm_prefetch(base + at, _MM_HINT_T0);
 }
 // DQ8 block steps looked up per block in per-group tables, for the few-rows
-// forward paths (qgemm_avx2.c): slot g % slots holds the steps of the 256
-// codes of group g, dynamic8[q] · group scale + offset (÷ 7 for INT4; the
-// reference's roundings, in its order). Groups [first, first + count) are
+// forward paths (filled in qgemm_avx2.c): slot g % slots holds the steps of
+// the 256 codes of group g, dynamic8[q] · group scale + offset (÷ 127 for
+// INT8, ÷ 7 for INT4; the reference's roundings, in its order). Groups [first, first + count) are
 // filled. A block step is then two scalar loads, on units those loops leave
 // idle, where decoding steps with vector gathers or shuffles competed with
 // the lookups of the weights.
@@ -123,7 +123,7 @@ typedef struct {
     int64_t slots, first, count;
 } qk_group_tables;
 // Slots enough for the groups of any `blocks` consecutive blocks (a power of
-// two), and the floats of scratch they take.
+// two); the tables take slots · QK_DQ_GROUP floats of scratch.
 int64_t qk_group_slots(int64_t blocks);
 // Fills the tables of groups [g0, g1] that are not filled yet, keeping those
 // in [g0, first + count): callers move forward through the rows.

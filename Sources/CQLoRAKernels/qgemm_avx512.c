@@ -241,11 +241,15 @@ AVX512 static void chunk_order_x(float *restrict xp, const float *restrict x, in
     }
 }
 
+// lo in lanes 0-7, hi in lanes 8-15: the steps of a chunk of two 64-blocks.
+AVX512_INLINE __m512 halves(float lo, float hi) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(lo)), _mm256_castps_pd(_mm256_set1_ps(hi)), 1));
+}
+
 // The step of each lane's block in a chunk whose first block's step is d[0].
 AVX512_INLINE __m512 chunk_steps(const float *d, const int B) {
     if (B >= 128) return _mm512_set1_ps(d[0]);
-    if (B == 64) return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(d[0])),
-                                                             _mm256_castps_pd(_mm256_set1_ps(d[1])), 1));
+    if (B == 64) return halves(d[0], d[1]);
     return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), _mm512_loadu_ps(d));
 }
 
@@ -281,8 +285,7 @@ AVX512_INLINE __m512 lane_steps(const qk_group_tables *t, const qk_packed *w, in
     if (!T) return chunk_steps(d + c * CHUNK_WEIGHTS / B, B);
     if (B >= 128) return _mm512_set1_ps(*qk_group_step(t, w, b0 + c * CHUNK_WEIGHTS / B));
     const float *s0 = qk_group_step(t, w, b0 + 2 * c), *s1 = last ? s0 : qk_group_step(t, w, b0 + 2 * c + 1);
-    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(*s0)),
-                                               _mm256_castps_pd(_mm256_set1_ps(*s1)), 1));
+    return halves(*s0, *s1);
 }
 
 // Rows [o, o + R) of y = x·Wᵀ, R <= GROUP_ROWS: the rows share the loads of

@@ -270,8 +270,8 @@ public final class KernelBenchmark {
             return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         }
         // Warm-up (thread start-up, OpenBLAS buffers; every copy was written
-        // when made, so its pages are in), then one
-        // timed probe of each to size the reps.
+        // when made, so its pages are in), then one timed probe of each to
+        // size the reps.
         for _ in 0..<min(max(layers.count, dense.count, 2), 8) {
             ours()
             blas()
