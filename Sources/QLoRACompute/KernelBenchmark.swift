@@ -10,7 +10,9 @@ import QLoRAStorage
 /// `qlora bench kernels` prints.
 ///
 /// Honesty rules: every method runs in this one process, interleaved (three
-/// rounds of blocks), after a warm-up; times are medians; weights rotate through enough
+/// rounds of blocks, five at batch 1), after a warm-up; times are medians;
+/// batch-1 rows are set against the read bandwidth of their own rounds;
+/// weights rotate through enough
 /// copies to exceed 8 × the last-level cache, so no method reads its
 /// weights from cache when a real model would not; OpenBLAS gets the same
 /// thread count as the packed kernels.
@@ -48,13 +50,13 @@ public final class KernelBenchmark {
         public let openBLASSeconds: Double
         /// nil when the reference was not timed for this case.
         public let referenceSeconds: Double?
-        /// Batch 1: the streaming read bandwidth (bytes/s), median of samples
-        /// taken between this case's rounds, which its share of the bandwidth
-        /// is measured against; nil for larger batches.
+        /// Batch 1: the streaming read bandwidth (bytes/s), median of the
+        /// samples taken just before and after each of this case's rounds of
+        /// the packed kernel; nil for larger batches.
         public let readBandwidth: Double?
-
-        /// The share of `readBandwidth` the packed kernel reads at (batch 1).
-        public var bandwidthFraction: Double? { readBandwidth.map { gbps * 1e9 / $0 } }
+        /// Batch 1: the share of the read bandwidth the packed kernel reads
+        /// at, round by round (`bandwidthShare`); nil for larger batches.
+        public let bandwidthFraction: Double?
 
         public var gflops: Double { benchCase.flops / seconds / 1e9 }
         /// Packed bytes read per second.
@@ -288,22 +290,50 @@ public final class KernelBenchmark {
         // sleeping, so a packed product started right after one shares a core
         // with them (measured: exactly half speed in about half the cases).
         // Each block of ours starts after that spin has run out.
-        // At batch 1 the streaming read is a fourth method of the rounds: the
-        // shared machine's bandwidth moves by tens of percent within seconds.
+        // At batch 1 the streaming read is sampled just before and after each
+        // round of ours: the shared machine's bandwidth moves by tens of
+        // percent within seconds, so each round is set against its own.
         if c.n == 1 && read == nil { read = streamingRead() }
         let bandwidth = c.n == 1 ? read : nil
-        var tOurs: [Double] = [], tBLAS: [Double] = [], tRef: [Double] = [], samples: [Double] = []
-        let rounds = 3
+        var tOurs: [Double] = [], tBLAS: [Double] = [], tRef: [Double] = []
+        var paired: [Round] = []
+        let rounds = bandwidth == nil ? 3 : 5
         for round in 0..<rounds {
             Thread.sleep(forTimeInterval: Self.openBLASSpinSeconds)
-            for _ in (reps * round / rounds)..<(reps * (round + 1) / rounds) { tOurs.append(seconds(ours)) }
-            if let bandwidth { samples += [bandwidth.sample(), bandwidth.sample()] }
+            let before = bandwidth?.sample()
+            let times = (reps * round / rounds..<reps * (round + 1) / rounds).map { _ in seconds(ours) }
+            tOurs += times
+            if let bandwidth, let before { paired.append(Round(seconds: times, readBefore: before, readAfter: bandwidth.sample())) }
             for _ in (refReps * round / rounds)..<(refReps * (round + 1) / rounds) { tRef.append(seconds(scalar)) }
             for _ in (reps * round / rounds)..<(reps * (round + 1) / rounds) { tBLAS.append(seconds(blas)) }
         }
         return Result(
             benchCase: c, seconds: Self.median(tOurs), openBLASSeconds: Self.median(tBLAS),
-            referenceSeconds: refReps > 0 ? Self.median(tRef) : nil, readBandwidth: samples.isEmpty ? nil : Self.median(samples))
+            referenceSeconds: refReps > 0 ? Self.median(tRef) : nil,
+            readBandwidth: paired.isEmpty ? nil : Self.median(paired.flatMap { [$0.readBefore, $0.readAfter] }),
+            bandwidthFraction: paired.isEmpty ? nil : Self.bandwidthShare(bytes: c.packedBytes, rounds: paired))
+    }
+
+    /// One round of a batch-1 case: the packed kernel's call times and the
+    /// streaming read (bytes/s) sampled just before and just after them.
+    public struct Round: Sendable {
+        public var seconds: [Double]
+        public var readBefore: Double
+        public var readAfter: Double
+
+        public init(seconds: [Double], readBefore: Double, readAfter: Double) {
+            self.seconds = seconds
+            self.readBefore = readBefore
+            self.readAfter = readAfter
+        }
+    }
+
+    /// The median over rounds of (bytes ÷ the round's median call time) ÷
+    /// the mean of the reads around it. A ratio of medians over the whole
+    /// case would set calls timed in one of the host's fast spells against
+    /// reads from a slow one (or the reverse): shares of 41-127 % in one run.
+    public static func bandwidthShare(bytes: Int, rounds: [Round]) -> Double {
+        median(rounds.map { r in Double(bytes) / median(r.seconds) / ((r.readBefore + r.readAfter) / 2) })
     }
 
     /// Longer than OpenBLAS's default thread time-out (2^28 cycles) at 2.5 GHz and up.
