@@ -370,11 +370,12 @@ AVX512 static void chunked_forward(float *restrict y, const float *restrict x, c
 }
 
 // Rows [o, o + R) of W (R a constant: the loop over rows unrolls) over blocks
-// [b0, b1) of the slice: dx += dy[:, o..o+R) · W[o..o+R, slice]. Each dx
-// vector is loaded and stored once per R rows; every dx element still sums
-// the rows of W in order, one FMA each.
-AVX512_INLINE void backward_group(float *restrict dx, const float *restrict dy, const qk_packed *w, int64_t o,
-                                  int64_t b0, int64_t b1, __m512 table, const int NT, const int R, const int int8) {
+// [b0, b1) of the slice: dx += dy[:, o..o+R) · W[o..o+R, slice], rows of dx
+// ld floats apart. Each dx vector is loaded and stored once per R rows;
+// every dx element still sums the rows of W in order, one FMA each.
+AVX512_INLINE void backward_group(float *restrict dx, int64_t ld, const float *restrict dy, const qk_packed *w,
+                                  int64_t o, int64_t b0, int64_t b1, __m512 table, const int NT, const int R,
+                                  const int int8) {
     const int64_t in = w->cols, out = w->rows, B = w->block_size, bpr = in / B;
     const size_t bb = qk_block_bytes(w->type, w->block_size), row_bytes = (size_t)bpr * bb;
     // Offset of the next group's first row: those rows over this slice are
@@ -402,8 +403,8 @@ AVX512_INLINE void backward_group(float *restrict dx, const float *restrict dy, 
             float *d0 = dx + b * B + unit_pos0(u, int8), *d1 = dx + b * B + unit_pos1(u, B, int8);
             __m512 a0[QK_GEMV512_MAX_N], a1[QK_GEMV512_MAX_N];
             for (int t = 0; t < NT; t++) {
-                a0[t] = _mm512_loadu_ps(d0 + t * in);
-                a1[t] = _mm512_loadu_ps(d1 + t * in);
+                a0[t] = _mm512_loadu_ps(d0 + t * ld);
+                a1[t] = _mm512_loadu_ps(d1 + t * ld);
             }
             for (int r = 0; r < R; r++) {
                 __m512 v0, v1;
@@ -414,21 +415,43 @@ AVX512_INLINE void backward_group(float *restrict dx, const float *restrict dy, 
                 }
             }
             for (int t = 0; t < NT; t++) {
-                _mm512_storeu_ps(d0 + t * in, a0[t]);
-                _mm512_storeu_ps(d1 + t * in, a1[t]);
+                _mm512_storeu_ps(d0 + t * ld, a0[t]);
+                _mm512_storeu_ps(d1 + t * ld, a1[t]);
             }
         }
     }
 }
 
-// dx[:, begin:end] += dy · W over whole blocks, rows of W four at a time.
+// Floats of dx one tile holds (16 KB), and the padding after each row.
+enum { TILE_FLOATS = 4096, TILE_PAD = 16 };
+
+// dx[:, begin:end] += dy · W over whole blocks, in tiles of columns whose dx
+// (NT rows, at most TILE_FLOATS) is copied to a buffer on the stack, each
+// row TILE_PAD floats past a multiple of 64 bytes: every group of rows loads
+// and stores all of its tile's dx, which a whole slice at n = 8 (8 × 2048
+// floats) had to take from L2, and rows of dx 4096 floats apart share L1
+// sets with each other and with the codes. Rows of W four at a time for up
+// to two rows of dy, else two: with four, the broadcast dy · step (R · NT
+// registers) and the 2 · NT running dx vectors outgrew the 32 registers.
 AVX512_INLINE void backward_rows(float *restrict dx, const float *restrict dy, const qk_packed *w, int64_t begin,
                                  int64_t end, const int NT, const int int8) {
-    const int64_t B = w->block_size, b0 = begin / B, b1 = end / B;
+    const int64_t in = w->cols, B = w->block_size, b0 = begin / B, b1 = end / B;
+    const int64_t tile = TILE_FLOATS / NT / B > 1 ? TILE_FLOATS / NT / B : 1;
     const __m512 table = int8 ? _mm512_setzero_ps() : table_of(w->type);
-    int64_t o = 0;
-    for (; o + 4 <= w->rows; o += 4) backward_group(dx, dy, w, o, b0, b1, table, NT, 4, int8);
-    for (; o < w->rows; o++) backward_group(dx, dy, w, o, b0, b1, table, NT, 1, int8);
+    _Alignas(64) float buf[TILE_FLOATS + QK_GEMV512_MAX_N * TILE_PAD];
+    for (int64_t t0 = b0; t0 < b1; t0 += tile) {
+        const int64_t t1 = t0 + tile < b1 ? t0 + tile : b1, cols = (t1 - t0) * B, ld = cols + TILE_PAD;
+        for (int t = 0; t < NT; t++) memcpy(buf + t * ld, dx + t * in + t0 * B, (size_t)cols * sizeof(float));
+        // dx of block b of the tile at base + b·B, as backward_group indexes it.
+        float *base = buf - t0 * B;
+        int64_t o = 0;
+        if (NT <= 2)
+            for (; o + 4 <= w->rows; o += 4) backward_group(base, ld, dy, w, o, t0, t1, table, NT, 4, int8);
+        else
+            for (; o + 2 <= w->rows; o += 2) backward_group(base, ld, dy, w, o, t0, t1, table, NT, 2, int8);
+        for (; o < w->rows; o++) backward_group(base, ld, dy, w, o, t0, t1, table, NT, 1, int8);
+        for (int t = 0; t < NT; t++) memcpy(dx + t * in + t0 * B, buf + t * ld, (size_t)cols * sizeof(float));
+    }
 }
 
 AVX512 void qk_gemv_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
