@@ -151,8 +151,9 @@ int qk_gemv_avx512_applies(const qk_packed *w, int64_t n);
 size_t qk_gemv_avx512_scratch_floats(const qk_packed *w, int64_t n);
 void qk_gemv_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,
                             int64_t begin, int64_t end, float *restrict scratch);
+// n = 1, 4-bit: scratch holds the group tables (qk_gemv_avx512_scratch_floats).
 void qk_gemv_backward_avx512(float *restrict dx, const float *restrict dy, int64_t n, const qk_packed *w,
-                             int64_t begin, int64_t end, int32_t accumulate);
+                             int64_t begin, int64_t end, int32_t accumulate, float *restrict scratch);
 // qgemm_tiled_avx512.c: the many-rows products, when the CPU has AVX-512F.
 size_t qk_tiled_avx512_scratch_floats(void);
 void qk_tiled_forward_avx512(float *restrict y, const float *restrict x, int64_t n, const qk_packed *w,

@@ -671,7 +671,7 @@ void qk_matmul_backward_avx2(float *restrict dx, const float *restrict dy, int64
     }
     const int64_t B = w->block_size;
     const int aligned = begin % B == 0 && end % B == 0;
-    if (aligned && qk_gemv_avx512_applies(w, n)) qk_gemv_backward_avx512(dx, dy, n, w, begin, end, accumulate);
+    if (aligned && qk_gemv_avx512_applies(w, n)) qk_gemv_backward_avx512(dx, dy, n, w, begin, end, accumulate, scratch);
     else if (aligned && gemv_applies(w, n)) gemv_backward_any(dx, dy, n, w, begin, end, accumulate, scratch);
     else if (qk_avx512_allowed()) qk_tiled_backward_avx512(dx, dy, n, w, begin, end, accumulate, scratch);
     else tiled_backward(dx, dy, n, w, begin, end, accumulate, scratch);

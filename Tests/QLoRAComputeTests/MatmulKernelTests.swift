@@ -167,6 +167,32 @@ enum KernelVariant {
         }
     }
 
+    /// One row of dy through a 4-bit weight: AVX-512 keeps dx in chunk order,
+    /// in tiles of at most 2048 (blocks of 32) or 4096 columns, so rows of 300
+    /// blocks take several tiles, rows of 17 and 19 blocks end in a short
+    /// chunk, and three slices start on a chunk or not (the natural-order
+    /// path). The sums run over the rows of W in order whatever the path, so
+    /// every slicing gives the same bits; with `accumulate`, dx is added to.
+    @Test(arguments: allSpecs.filter { $0.type != .int8 })
+    func decodeGradientMatchesReference(spec: QuantSpec) throws {
+        for (i, blocks) in [17, 19, 65, 1, 300].enumerated() {
+            let (rows, cols) = (7, blocks * spec.blockSize)
+            let c = try PackedCase(spec, rows: rows, cols: cols, seed: UInt64(60 + i))
+            var rng = SeededGenerator(seed: UInt64(70 + i))
+            let dy = rng.gaussian(count: rows), prior = rng.gaussian(count: cols)
+            let dxRef = c.backward(dy, n: 1, slices: 1, reference: true)
+            let sumRef = c.backward(dy, n: 1, slices: 1, reference: true, into: prior)
+            KernelVariant.both { variant in
+                let label = "\(spec) \(rows)x\(cols) \(variant)"
+                let dx = c.backward(dy, n: 1, slices: 3, reference: false)
+                #expect(relativeError(dx, dxRef) < Self.tolerance, "\(label)")
+                #expect(c.backward(dy, n: 1, slices: 1, reference: false) == dx, "\(label): slicing")
+                let sum = c.backward(dy, n: 1, slices: 2, reference: false, into: prior)
+                #expect(relativeError(sum, sumRef) < Self.tolerance, "\(label): accumulate")
+            }
+        }
+    }
+
     /// The VBMI decoder of double-quantized scales gives the reference's bits
     /// for windows that start anywhere, end anywhere and straddle the
     /// 256-block groups (1400 blocks: six groups).
