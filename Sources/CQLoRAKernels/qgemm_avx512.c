@@ -201,6 +201,25 @@ static int64_t group_slots(const qk_packed *w) { return qk_group_slots(GROUP_ROW
 
 static int uses_group_tables(const qk_packed *w) { return w->scale_kind == QK_SCALE_DQ8 && w->block_size >= 64; }
 
+// M(B, T) with the block size B and the use of group tables T as constants,
+// so the chunk loops unroll for each.
+#define CHUNK_VARIANTS(B, tables, M)     \
+    switch (B) {                         \
+    case 32: M(32, 0); break;            \
+    case 64:                             \
+        if (tables) M(64, 1);            \
+        else M(64, 0);                   \
+        break;                           \
+    case 128:                            \
+        if (tables) M(128, 1);           \
+        else M(128, 0);                  \
+        break;                           \
+    default:                             \
+        if (tables) M(256, 1);           \
+        else M(256, 0);                  \
+        break;                           \
+    }
+
 size_t qk_gemv_avx512_scratch_floats(const qk_packed *w, int64_t n) {
     // forward_group: the group tables of up to four rows.
     if (n != 1 || w->type == QK_TYPE_INT8)
@@ -351,21 +370,7 @@ AVX512 static void chunked_forward(float *restrict y, const float *restrict x, c
         for (; o + 2 <= end; o += 2) chunked_group(y, scratch, w, o, table, 2, B, T, &t, steps); \
         if (o < end) chunked_group(y, scratch, w, o, table, 1, B, T, &t, steps);                 \
     } while (0)
-    switch (w->block_size) {
-    case 32: ROWS(32, 0); break;
-    case 64:
-        if (t.slots) ROWS(64, 1);
-        else ROWS(64, 0);
-        break;
-    case 128:
-        if (t.slots) ROWS(128, 1);
-        else ROWS(128, 0);
-        break;
-    default:
-        if (t.slots) ROWS(256, 1);
-        else ROWS(256, 0);
-        break;
-    }
+    CHUNK_VARIANTS(w->block_size, t.slots, ROWS)
 #undef ROWS
 }
 
@@ -541,21 +546,7 @@ AVX512 static void chunked_backward(float *restrict dx, const float *restrict dy
             chunked_back_group(tile, dy, w, o, byte0, b0, blocks, bytes, table, d, &t, GROUP_ROWS, BS, T); \
         for (; o < w->rows; o++) chunked_back_group(tile, dy, w, o, byte0, b0, blocks, bytes, table, d, &t, 1, BS, T); \
     } while (0)
-        switch (B) {
-        case 32: GROUPS(32, 0); break;
-        case 64:
-            if (t.slots) GROUPS(64, 1);
-            else GROUPS(64, 0);
-            break;
-        case 128:
-            if (t.slots) GROUPS(128, 1);
-            else GROUPS(128, 0);
-            break;
-        default:
-            if (t.slots) GROUPS(256, 1);
-            else GROUPS(256, 0);
-            break;
-        }
+        CHUNK_VARIANTS(B, t.slots, GROUPS)
 #undef GROUPS
         for (int64_t p = 0; p < positions; p++) {
             const int64_t col = chunk_column(p, byte0, bytes, hs);

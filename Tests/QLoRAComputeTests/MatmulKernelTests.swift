@@ -153,17 +153,23 @@ enum KernelVariant {
     /// pair and a single row.
     @Test(arguments: allSpecs.filter { $0.type != .int8 })
     func decodeRowMatchesReference(spec: QuantSpec) throws {
-        for (i, blocks) in [17, 19, 65, 1, 300].enumerated() {
-            let (rows, cols) = (7, blocks * spec.blockSize)
-            let c = try PackedCase(spec, rows: rows, cols: cols, seed: UInt64(40 + i))
-            var rng = SeededGenerator(seed: UInt64(50 + i))
-            let x = rng.gaussian(count: cols)
+        for (c, var rng) in try Self.decodeCases(spec, seed: 40) {
+            let x = rng.gaussian(count: c.cols)
             let yRef = c.forward(x, n: 1, slices: 1, reference: true)
             KernelVariant.both { variant in
                 let y = c.forward(x, n: 1, slices: 3, reference: false)
-                #expect(relativeError(y, yRef) < Self.tolerance, "\(spec) \(rows)x\(cols) \(variant)")
-                #expect(c.forward(x, n: 1, slices: 1, reference: false) == y, "\(spec) \(rows)x\(cols) \(variant): slicing")
+                #expect(relativeError(y, yRef) < Self.tolerance, "\(spec) \(c.rows)x\(c.cols) \(variant)")
+                #expect(c.forward(x, n: 1, slices: 1, reference: false) == y, "\(spec) \(c.rows)x\(c.cols) \(variant): slicing")
             }
+        }
+    }
+
+    /// Seven rows of 17, 19, 65, 1 and 300 blocks of `spec`, each with its
+    /// generator of inputs.
+    static func decodeCases(_ spec: QuantSpec, seed: UInt64) throws -> [(PackedCase, SeededGenerator)] {
+        try [17, 19, 65, 1, 300].enumerated().map { i, blocks in
+            (try PackedCase(spec, rows: 7, cols: blocks * spec.blockSize, seed: seed + UInt64(i)),
+             SeededGenerator(seed: seed + 10 + UInt64(i)))
         }
     }
 
@@ -175,15 +181,12 @@ enum KernelVariant {
     /// every slicing gives the same bits; with `accumulate`, dx is added to.
     @Test(arguments: allSpecs.filter { $0.type != .int8 })
     func decodeGradientMatchesReference(spec: QuantSpec) throws {
-        for (i, blocks) in [17, 19, 65, 1, 300].enumerated() {
-            let (rows, cols) = (7, blocks * spec.blockSize)
-            let c = try PackedCase(spec, rows: rows, cols: cols, seed: UInt64(60 + i))
-            var rng = SeededGenerator(seed: UInt64(70 + i))
-            let dy = rng.gaussian(count: rows), prior = rng.gaussian(count: cols)
+        for (c, var rng) in try Self.decodeCases(spec, seed: 60) {
+            let dy = rng.gaussian(count: c.rows), prior = rng.gaussian(count: c.cols)
             let dxRef = c.backward(dy, n: 1, slices: 1, reference: true)
             let sumRef = c.backward(dy, n: 1, slices: 1, reference: true, into: prior)
             KernelVariant.both { variant in
-                let label = "\(spec) \(rows)x\(cols) \(variant)"
+                let label = "\(spec) \(c.rows)x\(c.cols) \(variant)"
                 let dx = c.backward(dy, n: 1, slices: 3, reference: false)
                 #expect(relativeError(dx, dxRef) < Self.tolerance, "\(label)")
                 #expect(c.backward(dy, n: 1, slices: 1, reference: false) == dx, "\(label): slicing")
