@@ -112,7 +112,7 @@ static inline void qk_prefetch_lines(const char *base, size_t from, size_t to) {
     for (size_t at = (from + 63) & ~(size_t)63; at < to; at += 64) _mm_prefetch(base + at, _MM_HINT_T0);
 }
 // DQ8 block steps looked up per block in per-group tables, for the few-rows
-// forward paths (filled in qgemm_avx2.c): slot g % slots holds the steps of
+// forward paths and the one-row backward (filled in qgemm_avx2.c): slot g % slots holds the steps of
 // the 256 codes of group g, dynamic8[q] · group scale + offset (÷ 127 for
 // INT8, ÷ 7 for INT4; the reference's roundings, in its order). Groups [first, first + count) are
 // filled. A block step is then two scalar loads, on units those loops leave

@@ -464,18 +464,19 @@ AVX512_INLINE void backward_rows(float *restrict dx, const float *restrict dy, c
 // FMAs per row of W, against 4 zero-extensions, 8 lookups and 4 shifts in
 // natural order, where the shuffles bounded the loop (one core, 2048 rows:
 // 13.0 GB/s of codes against 9.5). Tiles of dx (at most TILE_FLOATS, and
-// STEPS blocks) are permuted into a buffer on the stack and back; slices
-// that do not start on a chunk (128 columns) take backward_rows.
-enum { CHUNK_TILE_BLOCKS = STEPS };
+// STEPS blocks, the most block_steps decodes at once) start on a block and a
+// chunk, so chunk_order_x permutes each into a buffer on the stack as it
+// does x; slices that do not start on a chunk (128 columns) take
+// backward_rows.
 
-// Column of tile position p = 128 c + 16 k + i (lookup k, lane i of chunk c):
-// nibble k of byte 64 c + 4 i + k / 2 of the tile, whose first byte is byte0
-// of the row (B a power of two: half = 1 << hs bytes); -1 past the tile's `bytes`.
-static inline int64_t chunk_column(int64_t p, int64_t byte0, int64_t bytes, int hs) {
+// Column of tile position p = 128 c + 16 k + i (lookup k, lane i of chunk c),
+// as chunk_order_x places it: nibble k of byte 64 c + 4 i + k / 2 of the
+// tile (B a power of two: half a block = 1 << hs bytes); -1 past the tile's
+// `bytes`.
+static inline int64_t chunk_column(int64_t p, int64_t bytes, int hs) {
     const int64_t c = p / CHUNK_WEIGHTS, k = p % CHUNK_WEIGHTS / 16, i = p % 16, byte = CHUNK * c + 4 * i + k / 2;
     if (byte >= bytes) return -1;
-    const int64_t at = byte0 + byte;
-    return ((at >> hs) << (hs + 1)) + ((k % 2) << hs) + (at & ((1 << hs) - 1));
+    return ((byte >> hs) << (hs + 1)) + ((k % 2) << hs) + (byte & ((1 << hs) - 1));
 }
 
 // Rows [o, o + R) of W over a tile of dx in chunk order: tile += dy[o..o+R) ·
@@ -525,20 +526,17 @@ AVX512_INLINE void chunked_back_group(float *restrict tile, const float *restric
 AVX512 static void chunked_backward(float *restrict dx, const float *restrict dy, const qk_packed *w, int64_t begin,
                                     int64_t end, float *restrict scratch) {
     const int64_t B = w->block_size;
-    const int64_t span = TILE_FLOATS < CHUNK_TILE_BLOCKS * B ? TILE_FLOATS : CHUNK_TILE_BLOCKS * B;
+    const int64_t span = TILE_FLOATS < STEPS * B ? TILE_FLOATS : STEPS * B;
     const int hs = __builtin_ctzll((unsigned long long)(B / 2));
     const __m512 table = table_of(w->type);
     _Alignas(64) float tile[TILE_FLOATS];
     // Steps of four rows' blocks over a tile, + 16: chunk_steps reads a vector.
-    float d[GROUP_ROWS * CHUNK_TILE_BLOCKS + 16];
+    float d[GROUP_ROWS * STEPS + 16];
     qk_group_tables t = {scratch, uses_group_tables(w) ? group_slots(w) : 0, 0, 0};
     for (int64_t col0 = begin; col0 < end; col0 += span) {
         const int64_t cols = end - col0 < span ? end - col0 : span, byte0 = col0 / 2, bytes = cols / 2;
         const int64_t positions = (bytes + CHUNK - 1) / CHUNK * CHUNK_WEIGHTS, blocks = cols / B, b0 = col0 / B;
-        for (int64_t p = 0; p < positions; p++) {
-            const int64_t col = chunk_column(p, byte0, bytes, hs);
-            tile[p] = col < 0 ? 0.0f : dx[col];
-        }
+        chunk_order_x(tile, dx + col0, cols, B);
         int64_t o = 0;
 #define GROUPS(BS, T)                                                                                    \
     do {                                                                                                 \
@@ -549,8 +547,8 @@ AVX512 static void chunked_backward(float *restrict dx, const float *restrict dy
         CHUNK_VARIANTS(B, t.slots, GROUPS)
 #undef GROUPS
         for (int64_t p = 0; p < positions; p++) {
-            const int64_t col = chunk_column(p, byte0, bytes, hs);
-            if (col >= 0) dx[col] = tile[p];
+            const int64_t col = chunk_column(p, bytes, hs);
+            if (col >= 0) dx[col0 + col] = tile[p];
         }
     }
 }

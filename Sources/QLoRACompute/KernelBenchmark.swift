@@ -10,12 +10,11 @@ import QLoRAStorage
 /// `qlora bench kernels` prints.
 ///
 /// Honesty rules: every method runs in this one process, interleaved (three
-/// rounds of blocks, five at batch 1), after a warm-up; times are medians;
-/// batch-1 rows are set against the read bandwidth of their own rounds;
-/// weights rotate through enough
-/// copies to exceed 8 × the last-level cache, so no method reads its
-/// weights from cache when a real model would not; OpenBLAS gets the same
-/// thread count as the packed kernels.
+/// rounds of blocks, `batchOneRounds` at batch 1), after a warm-up; times are
+/// medians; batch-1 rows are set against the read bandwidth of their own
+/// rounds; weights rotate through enough copies to exceed 8 × the last-level
+/// cache, so no method reads its weights from cache when a real model would
+/// not; OpenBLAS gets the same thread count as the packed kernels.
 public final class KernelBenchmark {
     /// One product to time.
     public struct Case: Sendable, Hashable {
@@ -297,7 +296,7 @@ public final class KernelBenchmark {
         let bandwidth = c.n == 1 ? read : nil
         var tOurs: [Double] = [], tBLAS: [Double] = [], tRef: [Double] = []
         var paired: [Round] = []
-        let rounds = bandwidth == nil ? 3 : 5
+        let rounds = bandwidth == nil ? 3 : Self.batchOneRounds
         for round in 0..<rounds {
             Thread.sleep(forTimeInterval: Self.openBLASSpinSeconds)
             let before = bandwidth?.sample()
@@ -313,6 +312,9 @@ public final class KernelBenchmark {
             readBandwidth: paired.isEmpty ? nil : Self.median(paired.flatMap { [$0.readBefore, $0.readAfter] }),
             bandwidthFraction: paired.isEmpty ? nil : Self.bandwidthShare(bytes: c.packedBytes, rounds: paired))
     }
+
+    /// Rounds of a batch-1 case, each with its own reads of the bandwidth.
+    public static let batchOneRounds = 5
 
     /// One round of a batch-1 case: the packed kernel's call times and the
     /// streaming read (bytes/s) sampled just before and just after them.

@@ -45,11 +45,12 @@ public final class AlignedBuffer: @unchecked Sendable {
         let length = Swift.max(count, 1)
         #if os(Linux)
         // Only whole, aligned 2 MiB ranges get huge pages, and mmap aligns to
-        // 4 KiB: a buffer of a few MiB would keep up to a quarter of itself on
-        // small pages. Over-map by one huge page less 4 KiB, then return the
+        // a page: a buffer of a few MiB would keep up to a quarter of itself on
+        // small pages. Over-map by one huge page less a page, then return the
         // unaligned head and the surplus tail (Zen 4, 4096x4096 NF4 decode
         // from memory: small pages read 10 % slower).
-        let slack = hugePages && length >= Self.hugePage ? Self.hugePage - 4096 : 0
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let slack = hugePages && length >= Self.hugePage ? Self.hugePage - page : 0
         #else
         let slack = 0
         #endif
@@ -60,7 +61,7 @@ public final class AlignedBuffer: @unchecked Sendable {
             let head = (Self.hugePage - Int(bitPattern: raw) % Self.hugePage) % Self.hugePage
             if head > 0 { munmap(raw, head) }
             p = raw + head
-            if slack > head { munmap(p + (length + 4095) / 4096 * 4096, slack - head) }
+            if slack > head { munmap(p + (length + page - 1) / page * page, slack - head) }
         }
         #if os(Linux)
         if hugePages { _ = madvise(p, length, Int32(MADV_HUGEPAGE)) }

@@ -81,7 +81,8 @@ struct BenchKernels: ParsableCommand {
             load average at start: \(m.loadAverage)
             memory read bandwidth (streaming \(max(1024, 8 * (m.lastLevelCacheBytes >> 20))) MiB, \(m.threads) threads): \
             \(String(format: "%.1f", bandwidth / 1e9)) GB/s at start; each batch-1 row's %BW is the median over its \
-            5 rounds of the round's rate against the same read sampled just before and after it
+            \(KernelBenchmark.batchOneRounds) rounds of the round's rate against the same read sampled just before and \
+            after it
             fp32 multiply-add peak (\(m.threads) threads, nothing but independent FMAs): \(String(format: "%.0f", peak / 1e9)) GFLOP/s
             """
         if json { FileHandle.standardError.write(Data((header + "\n").utf8)) } else { print(header + "\n" + Self.tableHeader) }
